@@ -1,0 +1,35 @@
+"""Build hooks setup.cfg cannot express: ship the top-level cfg/ and datasets/ inside the wheel, and install the
+one-line ``ultralytics_dsmoe.pth`` autoload hook for both ``pip install .`` and ``pip install -e .``."""
+
+import shutil
+from pathlib import Path
+
+from setuptools import setup
+from setuptools.command.build_py import build_py
+from setuptools.command.editable_wheel import editable_wheel
+
+ROOT = Path(__file__).parent
+PTH = "ultralytics_dsmoe.pth"
+PTH_LINE = "import ultralytics_dsmoe_hook; ultralytics_dsmoe_hook.autoload()\n"
+DATA_DIRS = ("cfg", "datasets")  # top level in the repo, ultralytics_dsmoe/<dir> in the wheel
+
+
+class BuildPy(build_py):
+    def run(self):
+        super().run()
+        out = Path(self.build_lib)
+        for d in DATA_DIRS:
+            shutil.copytree(ROOT / d, out / "ultralytics_dsmoe" / d, dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        (out / PTH).write_text(PTH_LINE)
+
+
+class EditableWheel(editable_wheel):
+    # PEP 660 editable wheels drop extra build_lib files: put the .pth in the wheel root ourselves.
+    # (The editable package finds cfg/ and datasets/ next to the sources, see ultralytics_dsmoe/register.py.)
+    def _install_namespaces(self, installation_dir, pth_prefix):
+        super()._install_namespaces(installation_dir, pth_prefix)
+        Path(installation_dir, PTH).write_text(PTH_LINE)
+
+
+setup(cmdclass={"build_py": BuildPy, "editable_wheel": EditableWheel})

@@ -1,0 +1,1 @@
+"""Dataset helpers: the procedural default set (``synthetic``); converters for public releases come here too."""

@@ -1,0 +1,267 @@
+"""The one seam between ultralytics-dsmoe and Ultralytics internals.
+
+Everything the plugin changes in Ultralytics is installed by ``install()`` below, and nowhere else:
+
+1. YAML parser: block names become resolvable in ``ultralytics.nn.tasks`` and ``parse_model`` gains one branch
+   that applies the channel rules in ``BLOCKS`` (channel-changing, multi-input and list-returning blocks).
+2. Config lookup: bare ``dsmoe*.yaml`` and shipped dataset names resolve from any directory (a local file of the
+   same name wins), and ``dsmoe-n.yaml``-style names select their scale.
+3. Loss: a model-YAML key ``loss: qfocal`` selects ``ultralytics_dsmoe.loss.QualityFocalDetectionLoss`` inside
+   ``DetectionModel.init_criterion`` (so the EMA copy used for validation gets it too).
+4. Offline: the font check and the AMP check never touch the network when Ultralytics is offline.
+
+Each patch is idempotent, refuses to overwrite a name it does not own, and raises ``PatchError`` naming the
+installed Ultralytics version when the code it patches no longer has the expected shape.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+import sys
+import textwrap
+from pathlib import Path
+from typing import Callable
+
+from ultralytics import __version__ as ULTRALYTICS_VERSION
+from ultralytics.nn import tasks
+from ultralytics.utils import LOGGER, USER_CONFIG_DIR, WEIGHTS_DIR, checks
+from ultralytics.utils.ops import make_divisible
+
+from ultralytics_dsmoe.nn import MobileSAMEncoder, Pick
+
+SUPPORTED = "8.4.x"
+CFG_DIR = Path(__file__).resolve().parent / "cfg"  # wheel layout: cfg/ and datasets/ ship inside the package
+DATA_DIR = Path(__file__).resolve().parent / "datasets"
+if not CFG_DIR.is_dir():  # source checkout or editable install: top-level cfg/ and datasets/
+    CFG_DIR, DATA_DIR = CFG_DIR.parent.parent / "cfg", DATA_DIR.parent.parent / "datasets"
+
+
+class PatchError(RuntimeError):
+    """The installed Ultralytics does not have the shape this plugin patches."""
+
+    def __init__(self, what: str):
+        super().__init__(
+            f"ultralytics-dsmoe cannot patch ultralytics {ULTRALYTICS_VERSION} (supported: {SUPPORTED}): {what}. "
+            f"Install a supported ultralytics, or set ULTRALYTICS_DSMOE_AUTOLOAD=0 to use Ultralytics without DS-MoE."
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 1. Blocks and their channel rules
+# A rule maps (c1, args, scale) -> (c2, args): c1 is ch[f] (a list when `from` is a list or the source block returns
+# a list), scale(c) applies the YAML width multiple and max_channels like Ultralytics does for Conv.
+ChannelRule = Callable[[type, "int | list", list, Callable[[int], int]], tuple]
+
+
+def same_channels(m, c1, args, scale):
+    """Block(c1, *args) keeps the channels of its (first) input."""
+    return (c1[0] if isinstance(c1, list) else c1), [c1, *args]
+
+
+def scaled_output(m, c1, args, scale):
+    """Block(c1, c2, *args): args[0] is the output width before the scale's width multiple."""
+    c2 = scale(args[0])
+    return c2, [c1, c2, *args[1:]]
+
+
+def listed_output(m, c1, args, scale):
+    """Block(c1, *args) returns a list of maps with channels ``m.out_channels``."""
+    return list(m.out_channels), [c1, *args]
+
+
+def picked_output(m, c1, args, scale):
+    """Pick(c1, i) takes element i of a list-returning block."""
+    return c1[args[0]], [c1, *args]
+
+
+BLOCKS: dict[str, tuple[type, ChannelRule]] = {
+    "MobileSAMEncoder": (MobileSAMEncoder, listed_output),
+    "Pick": (Pick, picked_output),
+}
+
+
+def channel_rules() -> dict[type, Callable]:
+    """The branch added to ``parse_model`` calls ``rules[m](ch, f, args, width, max_channels)``."""
+
+    def bind(rule):
+        def apply(m, ch, f, args, width, max_channels):
+            c1 = [ch[x] for x in f] if isinstance(f, list) else ch[f]
+            return rule(m, c1, args, lambda c: make_divisible(min(c, max_channels) * width, 8))
+
+        return apply
+
+    return {cls: bind(rule) for cls, rule in BLOCKS.values()}
+
+
+# The single edit to parse_model: a plugin branch before the first stock rule, and path-like string args
+# (e.g. '/abs/mobile_sam.pt') passed through verbatim instead of crashing ast.literal_eval with SyntaxError.
+PARSE_MODEL_EDITS = (
+    (
+        "        if m in base_modules:\n",
+        "        if m in _dsmoe_channel_rules:  # ultralytics-dsmoe plugin blocks\n"
+        "            c2, args = _dsmoe_channel_rules[m](m, ch, f, args, width, max_channels)\n"
+        "        elif m in base_modules:\n",
+    ),
+    ("with contextlib.suppress(ValueError):", "with contextlib.suppress(ValueError, SyntaxError):"),
+)
+
+
+def patched_parse_model(parse_model: Callable) -> Callable:
+    """Return ``parse_model`` recompiled with ``PARSE_MODEL_EDITS`` in its own module globals."""
+    src = textwrap.dedent(inspect.getsource(parse_model))
+    for anchor, replacement in PARSE_MODEL_EDITS:
+        if src.count(anchor) != 1:
+            raise PatchError(f"parse_model no longer contains exactly one {anchor.strip()!r}")
+        src = src.replace(anchor, replacement)
+    lineno = parse_model.__code__.co_firstlineno
+    code = compile("\n" * (lineno - 1) + src, parse_model.__code__.co_filename, "exec")
+    namespace = {}
+    exec(code, parse_model.__globals__, namespace)  # noqa: S102 - Ultralytics' own source, two anchored edits
+    new = namespace[parse_model.__name__]
+    new.__wrapped__ = parse_model
+    return new
+
+
+def register_names(module=tasks) -> None:
+    """Make every block resolvable by name in the parser's globals, never shadowing another object."""
+    for name, (cls, _) in BLOCKS.items():
+        existing = getattr(module, name, None)
+        if existing is not None and existing is not cls and getattr(existing, "__module__", "") != cls.__module__:
+            raise PatchError(f"'{name}' already exists in {module.__name__} as {existing!r}; refusing to overwrite it")
+        setattr(module, name, cls)
+    module._dsmoe_channel_rules = channel_rules()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 2-4. Function patches: wrap a function and rebind every already-imported `ultralytics.*` alias of it
+
+
+def patch_function(module, name: str, make_wrapper: Callable, params: tuple[str, ...]) -> None:
+    """Replace ``module.name`` by ``make_wrapper(original)`` everywhere Ultralytics imported it (idempotent).
+
+    ``params`` are parameter names the original must accept; a mismatch raises ``PatchError``.
+    """
+    original = getattr(module, name, None)
+    if original is None or not callable(original):
+        raise PatchError(f"{module.__name__}.{name} is missing")
+    original = getattr(original, "_dsmoe_original", original)  # re-install wraps the true original
+    missing = [p for p in params if p not in inspect.signature(original).parameters]
+    if missing:
+        raise PatchError(f"{module.__name__}.{name} no longer takes {missing}")
+    wrapper = make_wrapper(original)
+    wrapper._dsmoe_original = original
+    for mod in list(sys.modules.values()):
+        if getattr(mod, "__name__", "").startswith("ultralytics.") or mod is module:
+            current = vars(mod).get(name)
+            if current is original or getattr(current, "_dsmoe_original", None) is original:
+                setattr(mod, name, wrapper)
+
+
+def shipped_file(file: str) -> Path | None:
+    """A bare YAML name shipped with the plugin: ``dsmoe-s.yaml`` -> ``cfg/dsmoe.yaml``, data names -> datasets/."""
+    if not isinstance(file, (str, Path)) or os.path.dirname(str(file)) or not str(file).endswith((".yaml", ".yml")):
+        return None
+    name = str(file)
+    for folder in (CFG_DIR, DATA_DIR):
+        for candidate in (name, re.sub(r"-[nsmlx](\.ya?ml)$", r"\1", name)):  # scale suffix -> unified config
+            if (folder / candidate).is_file():
+                return folder / candidate
+    return None
+
+
+def _check_file(original):
+    def check_file(file, *args, **kwargs):
+        if isinstance(file, (str, Path)) and not os.path.exists(str(file)):
+            found = shipped_file(file)
+            if found is not None:
+                return str(found)
+        return original(file, *args, **kwargs)
+
+    return check_file
+
+
+def _guess_model_scale(original):
+    def guess_model_scale(model_path):
+        match = re.fullmatch(r"dsmoe[\w-]*?-([nsmlx])", Path(str(model_path)).stem)
+        return match.group(1) if match else original(model_path)
+
+    return guess_model_scale
+
+
+def _init_criterion(original):
+    def init_criterion(self):
+        from ultralytics_dsmoe.loss import LOSSES  # lazy: the loss module imports ultralytics.utils.loss
+
+        name = str((self.yaml or {}).get("loss", "default")).lower() if isinstance(self.yaml, dict) else "default"
+        if name in {"default", "bce"}:
+            return original(self)
+        if name not in LOSSES:
+            raise ValueError(f"Unknown 'loss: {name}' in the model YAML. Choose one of {['default', *LOSSES]}.")
+        if getattr(self.model[-1], "one2one_cv2", None) is not None:
+            raise ValueError(f"'loss: {name}' supports the one-to-many Detect head, not end-to-end heads.")
+        return LOSSES[name](self)
+
+    return init_criterion
+
+
+def is_offline() -> bool:
+    from ultralytics import utils
+
+    return not utils.ONLINE
+
+
+def _check_font(original):
+    def check_font(font="Arial.ttf"):
+        if is_offline() and not (USER_CONFIG_DIR / Path(font).name).exists():
+            from matplotlib import font_manager
+
+            return Path(font_manager.findfont("DejaVu Sans"))  # bundled with matplotlib: no download needed
+        return original(font)
+
+    return check_font
+
+
+def _check_amp(original):
+    def check_amp(model, *args, **kwargs):
+        device = next(model.parameters()).device
+        if device.type != "cuda" or not is_offline() or (WEIGHTS_DIR / "yolo26n.pt").is_file():
+            return original(model, *args, **kwargs)  # CPU/MPS: False; online or weights present: stock check
+        # Offline without the reference weights: instead of a download attempt, check that the model being trained
+        # stays finite under fp16 autocast (the failure AMP checks exist to catch).
+        import copy
+
+        import torch
+
+        probe = copy.deepcopy(model).eval()
+        with torch.no_grad(), torch.autocast("cuda"):
+            out = probe(torch.rand(2, 3, 256, 256, device=device))
+        finite = all(torch.isfinite(t).all() for t in _tensors(out))
+        LOGGER.info(f"AMP: offline check on the model itself {'passed' if finite else 'failed: amp disabled'}.")
+        return bool(finite)
+
+    return check_amp
+
+
+def _tensors(x):
+    """Every tensor in a nested model output."""
+    if hasattr(x, "dtype"):
+        return [x]
+    items = x.values() if isinstance(x, dict) else x if isinstance(x, (list, tuple)) else []
+    return [t for item in items for t in _tensors(item)]
+
+
+def install() -> None:
+    """Install every patch; safe to call more than once."""
+    register_names()
+    if not hasattr(tasks.parse_model, "__wrapped__"):
+        tasks.parse_model = patched_parse_model(tasks.parse_model)
+    patch_function(checks, "check_file", _check_file, ("file",))
+    patch_function(tasks, "guess_model_scale", _guess_model_scale, ("model_path",))
+    patch_function(checks, "check_font", _check_font, ("font",))
+    patch_function(checks, "check_amp", _check_amp, ("model",))
+    if not hasattr(tasks.DetectionModel.init_criterion, "_dsmoe_original"):
+        original = tasks.DetectionModel.init_criterion
+        tasks.DetectionModel.init_criterion = _init_criterion(original)
+        tasks.DetectionModel.init_criterion._dsmoe_original = original

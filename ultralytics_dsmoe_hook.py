@@ -1,0 +1,93 @@
+"""Autoload hook for ultralytics-dsmoe: stdlib only, executed at interpreter start by ``ultralytics_dsmoe.pth``.
+
+It costs one tiny import per Python start and nothing else: the plugin itself is imported only right after
+``ultralytics.nn`` has finished executing, so ``python -c pass`` never pays for torch or Ultralytics, while the
+``yolo`` CLI, ``from ultralytics import YOLO`` and DDP worker subprocesses all see the DS-MoE blocks.
+
+Environment:
+    ULTRALYTICS_DSMOE_AUTOLOAD=0  disables the hook (then ``import ultralytics_dsmoe`` explicitly).
+    YOLO_OFFLINE                  set to 1 before Ultralytics loads unless already set (offline by default).
+"""
+
+import os
+import sys
+
+AUTOLOAD_ENV = "ULTRALYTICS_DSMOE_AUTOLOAD"
+# Ultralytics reads these once at import: they must be in place before `ultralytics` executes.
+OFFLINE_DEFAULTS = {"YOLO_OFFLINE": "1"}
+
+
+class _PostImportFinder:
+    """A meta-path finder that runs callbacks around the first import of selected modules.
+
+    It never loads anything itself: it asks the remaining finders for the spec and wraps the loader's
+    ``exec_module`` so callbacks run before/after the module body executes.
+    """
+
+    def __init__(self):
+        self.before, self.after = {}, {}  # module name -> [callback(module or None)]
+
+    def find_spec(self, name, path=None, target=None):
+        if name not in self.before and name not in self.after:
+            return None
+        for cb in self.before.pop(name, []):
+            cb(None)
+        after = self.after.pop(name, [])
+        spec = None
+        for finder in sys.meta_path:
+            if finder is not self and hasattr(finder, "find_spec"):
+                spec = finder.find_spec(name, path, target)
+                if spec is not None:
+                    break
+        if spec is None or not after or not hasattr(spec.loader, "exec_module"):
+            return spec
+        exec_module = spec.loader.exec_module  # loaders are per-module: patch this instance only
+
+        def exec_then_notify(module):
+            exec_module(module)
+            for cb in after:
+                cb(module)
+
+        spec.loader.exec_module = exec_then_notify
+        return spec
+
+
+_FINDER = _PostImportFinder()
+
+
+def _finder():
+    if _FINDER not in sys.meta_path:
+        sys.meta_path.insert(0, _FINDER)
+    return _FINDER
+
+
+def when_imported(name, callback):
+    """Call ``callback(module)`` once ``name`` has finished importing (now, if it already has)."""
+    module = sys.modules.get(name)
+    if module is not None and not getattr(getattr(module, "__spec__", None), "_initializing", False):
+        callback(module)
+    else:
+        _finder().after.setdefault(name, []).append(callback)
+
+
+def before_import(name, callback):
+    """Call ``callback(None)`` right before ``name`` is first imported (never, if it already was)."""
+    if name not in sys.modules:
+        _finder().before.setdefault(name, []).append(callback)
+
+
+def _offline_defaults(_):
+    for key, value in OFFLINE_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+def _import_plugin(_):
+    __import__("ultralytics_dsmoe")
+
+
+def autoload():
+    """Entry point of the ``.pth`` line: arm the hooks unless disabled by the environment."""
+    if os.environ.get(AUTOLOAD_ENV, "1").strip().lower() in {"0", "false", "no", "off"}:
+        return
+    before_import("ultralytics", _offline_defaults)
+    when_imported("ultralytics.nn", _import_plugin)
