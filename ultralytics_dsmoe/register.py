@@ -146,7 +146,8 @@ def patch_function(module, name: str, make_wrapper: Callable, params: tuple[str,
     original = getattr(module, name, None)
     if original is None or not callable(original):
         raise PatchError(f"{module.__name__}.{name} is missing")
-    original = getattr(original, "_dsmoe_original", original)  # re-install wraps the true original
+    if hasattr(original, "_dsmoe_original"):
+        return  # already installed
     missing = [p for p in params if p not in inspect.signature(original).parameters]
     if missing:
         raise PatchError(f"{module.__name__}.{name} no longer takes {missing}")
@@ -154,8 +155,7 @@ def patch_function(module, name: str, make_wrapper: Callable, params: tuple[str,
     wrapper._dsmoe_original = original
     for mod in list(sys.modules.values()):
         if getattr(mod, "__name__", "").startswith("ultralytics.") or mod is module:
-            current = vars(mod).get(name)
-            if current is original or getattr(current, "_dsmoe_original", None) is original:
+            if vars(mod).get(name) is original:
                 setattr(mod, name, wrapper)
 
 

@@ -1,0 +1,119 @@
+"""End to end through real entry points in fresh interpreters: autoload, `yolo train`, the DDP worker, offline."""
+
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import run_python
+from ultralytics_dsmoe.data.synthetic import generate
+
+YOLO = Path(sys.executable).with_name("yolo")
+NETWORK_EVENTS = ("socket.getaddrinfo", "socket.gethostbyname", "socket.gethostbyaddr", "socket.connect",
+                  "socket.sendto", "urllib.Request")
+AUDIT_HOOK = """
+import sys
+def _audit(event, args):
+    if event in EVENTS:
+        if event == "socket.connect" and not isinstance(args[1], tuple):
+            return  # AF_UNIX: local IPC, not network
+        with open(LOG, "a") as f:
+            f.write(f"{event} {args[1:]!r}\\n")
+sys.addaudithook(_audit)
+"""
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory):
+    """A fresh user: own Ultralytics config dir, a tiny generated dataset, an unrelated working directory, and a
+    sitecustomize that logs every network attempt of the child interpreters."""
+    root = tmp_path_factory.mktemp("sandbox")
+    data = generate(root / "data", seed=1, train=8, val=4, imgsz=64)
+    (root / "data.yaml").write_text(f"path: {data}\ntrain: images/train\nval: images/val\n"
+                                    "names: {0: pinhole, 1: scratch, 2: stain, 3: crease}\n")
+    (root / "site").mkdir()
+    log = root / "network.log"
+    (root / "site" / "sitecustomize.py").write_text(f"EVENTS = {NETWORK_EVENTS!r}\nLOG = {str(log)!r}\n" + AUDIT_HOOK)
+    (root / "work").mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("YOLO_", "ULTRALYTICS_DSMOE"))}
+    env.update(YOLO_CONFIG_DIR=str(root / "config"), PYTHONPATH=str(root / "site"))
+    return root, env, log
+
+
+def _run(cmd, sandbox, **kw):
+    import subprocess
+
+    root, env, _ = sandbox
+    return subprocess.run(cmd, cwd=root / "work", env={**env, **kw}, capture_output=True, text=True, timeout=900)
+
+
+def test_plain_python_does_not_load_plugin(sandbox):
+    root, env, _ = sandbox
+    r = run_python("import sys, json; print(json.dumps(sorted(m for m in sys.modules "
+                   "if m.split('.')[0] in ('torch', 'ultralytics', 'ultralytics_dsmoe', 'ultralytics_dsmoe_hook'))))",
+                   root / "work", env)
+    assert json.loads(r.stdout) == ["ultralytics_dsmoe_hook"], r.stderr
+
+
+@pytest.mark.parametrize("autoload", ["1", "0"])
+def test_autoload_and_opt_out(sandbox, autoload):
+    root, env, _ = sandbox
+    r = run_python("import os, sys; import ultralytics.nn.tasks as t; "
+                   "print(hasattr(t, 'MobileSAMEncoder'), 'ultralytics_dsmoe' in sys.modules, os.environ.get('YOLO_OFFLINE'))",
+                   root / "work", {**env, "ULTRALYTICS_DSMOE_AUTOLOAD": autoload})
+    assert r.stdout.splitlines()[-1].split() == (["True", "True", "1"] if autoload == "1" else ["False", "False", "None"]), r.stderr
+
+
+def test_user_offline_choice_is_kept(sandbox):
+    root, env, _ = sandbox
+    r = run_python("import os, ultralytics; print(os.environ['YOLO_OFFLINE'])", root / "work",
+                   {**env, "YOLO_OFFLINE": "0"})
+    assert r.stdout.splitlines()[-1] == "0", r.stderr
+
+
+def test_yolo_cli_train_offline(sandbox):
+    """`yolo train model=dsmoe-n.yaml` from an unrelated folder: 1 epoch at imgsz 64, no network attempt at all."""
+    root, env, log = sandbox
+    log.unlink(missing_ok=True)
+    r = _run([str(YOLO), "train", "model=dsmoe-n.yaml", f"data={root / 'data.yaml'}", "epochs=1", "imgsz=64",
+              "batch=4", "workers=0", f"project={root / 'runs'}", "name=cli", "exist_ok=True"], sandbox)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    run = root / "runs" / "cli"
+    assert (run / "weights" / "best.pt").is_file()
+    with open(run / "results.csv") as f:
+        header = [h.strip() for h in next(csv.reader(f))]
+    assert {"train/box_loss", "train/cls_loss", "train/dfl_loss", "val/cls_loss"} <= set(header)
+    assert "Assuming scale" not in out
+    assert not log.exists(), f"network attempts:\n{log.read_text()}"
+
+
+def test_ddp_worker_script_loads_plugin(sandbox):
+    """The script Ultralytics generates for each DDP rank runs in a fresh interpreter and must find the plugin."""
+    root, env, log = sandbox
+    code = f"""
+from ultralytics.models.yolo.detect import DetectionTrainer
+from ultralytics.utils.dist import generate_ddp_file
+t = DetectionTrainer(overrides=dict(model="dsmoe-n.yaml", data={str(root / 'data.yaml')!r}, epochs=1, imgsz=64,
+                     batch=4, workers=0, project={str(root / 'runs')!r}, name="ddp", exist_ok=True, plots=False))
+t.model = t.get_model(cfg="dsmoe-n.yaml", verbose=False)
+print(generate_ddp_file(t))
+"""
+    r = run_python(code, root / "work", env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    script = r.stdout.strip().splitlines()[-1]
+    r = _run([sys.executable, script], sandbox)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert (root / "runs" / "ddp" / "weights" / "best.pt").is_file()
+
+
+def test_network_audit_detects_attempts(sandbox):
+    """The audit hook behind the offline test is live: Ultralytics' own DNS probe shows up when not offline."""
+    root, env, log = sandbox
+    log.unlink(missing_ok=True)
+    run_python("import ultralytics", root / "work", {**env, "YOLO_OFFLINE": "0"})
+    assert "socket.getaddrinfo" in log.read_text()
+    log.unlink()

@@ -1,0 +1,53 @@
+"""Stage 3 backbone: MobileSAM TinyViT shapes, weight loading policy, and a clear error for missing weights."""
+
+import pytest
+import torch
+
+from ultralytics_dsmoe.nn import encoder
+from ultralytics_dsmoe.nn.encoder import MOBILESAM_FILE, MobileSAMEncoder, find_mobilesam_weights
+
+
+@pytest.fixture(scope="module")
+def mobilesam_checkpoint(tmp_path_factory):
+    """A randomly initialised MobileSAM saved like the real mobile_sam.pt (full SAM state dict)."""
+    from ultralytics.models.sam.build import build_mobile_sam
+
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp("weights") / MOBILESAM_FILE
+    torch.save(build_mobile_sam().state_dict(), path)
+    return path
+
+
+def test_outputs_and_strides():
+    enc = MobileSAMEncoder(3, "none")
+    p3, p4 = enc(torch.rand(2, 3, 64, 128))
+    assert p3.shape == (2, 128, 8, 16) and p4.shape == (2, 320, 4, 8)
+    assert tuple(enc.out_channels) == (p3.shape[1], p4.shape[1])
+    assert not any(n.startswith(("vit.neck", "vit.head", "vit.norm_head")) for n, _ in enc.named_parameters())
+
+
+def test_loads_mobilesam_image_encoder_strictly(mobilesam_checkpoint):
+    state = torch.load(mobilesam_checkpoint, weights_only=True)
+    enc = MobileSAMEncoder(3, str(mobilesam_checkpoint))
+    for name, p in enc.vit.state_dict().items():
+        torch.testing.assert_close(p, state[f"image_encoder.{name}"], msg=name)
+
+
+def test_auto_finds_weights_in_cwd_and_never_downloads(tmp_path, monkeypatch, mobilesam_checkpoint):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(encoder, "WEIGHTS_DIR", tmp_path / "weights")
+    assert find_mobilesam_weights("auto") is None  # absent: random init, no download attempt
+    (tmp_path / MOBILESAM_FILE).write_bytes(mobilesam_checkpoint.read_bytes())
+    assert find_mobilesam_weights("auto").resolve() == (tmp_path / MOBILESAM_FILE).resolve()
+    assert find_mobilesam_weights("none") is None
+
+
+def test_missing_or_wrong_weights_fail_clearly(tmp_path):
+    with pytest.raises(FileNotFoundError, match="'download' when online, or 'none'"):
+        MobileSAMEncoder(3, str(tmp_path / "nope.pt"))
+    bad = tmp_path / "bad.pt"
+    torch.save({"backbone.conv.weight": torch.zeros(1)}, bad)
+    with pytest.raises(ValueError, match="not a MobileSAM checkpoint"):
+        MobileSAMEncoder(3, str(bad))
+    with pytest.raises(ValueError, match="3-channel"):
+        MobileSAMEncoder(1)
