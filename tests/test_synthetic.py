@@ -34,3 +34,16 @@ def test_labels_are_valid_yolo_and_cover_classes_and_scales():
 
 def test_splits_differ():
     assert not np.array_equal(make_image(0, "train", 0, 64)[0], make_image(0, "val", 0, 64)[0])
+
+
+def test_shipped_yaml_generates_on_first_use(tmp_path, monkeypatch):
+    """`data=synthetic-defects.yaml` builds the set through its `download:` script, offline, under datasets_dir."""
+    from ultralytics.data import utils as data_utils
+
+    monkeypatch.setattr(data_utils, "DATASETS_DIR", tmp_path)
+    monkeypatch.chdir(tmp_path)
+    data = data_utils.check_det_dataset("synthetic-defects.yaml")
+    assert data["nc"] == len(NAMES) and tuple(data["names"].values()) == NAMES
+    root = tmp_path / "dsmoe-synthetic-defects"
+    assert len(list((root / "images" / "train").glob("*.png"))) == 96
+    assert len(list((root / "labels" / "val").glob("*.txt"))) == 32

@@ -83,7 +83,7 @@ BLOCKS: dict[str, tuple[type, ChannelRule]] = {
 
 
 def channel_rules() -> dict[type, Callable]:
-    """The branch added to ``parse_model`` calls ``rules[m](ch, f, args, width, max_channels)``."""
+    """The branch added to ``parse_model`` calls ``rules[m](m, ch, f, args, width, max_channels) -> (c2, args)``."""
 
     def bind(rule):
         def apply(m, ch, f, args, width, max_channels):
@@ -95,8 +95,8 @@ def channel_rules() -> dict[type, Callable]:
     return {cls: bind(rule) for cls, rule in BLOCKS.values()}
 
 
-# The single edit to parse_model: a plugin branch before the first stock rule, and path-like string args
-# (e.g. '/abs/mobile_sam.pt') passed through verbatim instead of crashing ast.literal_eval with SyntaxError.
+# The two anchored edits to parse_model: a plugin branch before the first stock channel rule, and path-like string
+# args (e.g. '/abs/mobile_sam.pt') passed through verbatim instead of crashing ast.literal_eval with SyntaxError.
 PARSE_MODEL_EDITS = (
     (
         "        if m in base_modules:\n",
