@@ -51,3 +51,15 @@ def test_missing_or_wrong_weights_fail_clearly(tmp_path):
         MobileSAMEncoder(3, str(bad))
     with pytest.raises(ValueError, match="3-channel"):
         MobileSAMEncoder(1)
+
+
+def test_eval_then_half_keeps_cached_biases_in_dtype():
+    """Ultralytics' AutoBackend calls .eval() before .half(): TinyViT's cached biases must follow the dtype."""
+    torch.manual_seed(0)
+    enc = MobileSAMEncoder(3, "none").eval()
+    x = torch.rand(1, 3, 64, 64)
+    ref = enc(x)
+    out = enc.half()(x.half())
+    assert all(o.dtype == torch.float16 for o in out)
+    for o, r in zip(out, ref):
+        torch.testing.assert_close(o.float(), r, atol=0.1, rtol=0.05)

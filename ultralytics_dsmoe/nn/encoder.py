@@ -110,6 +110,13 @@ class MobileSAMEncoder(nn.Module):
         self.register_buffer("mean", torch.tensor(SAM_PIXEL_MEAN).view(1, 3, 1, 1) / 255, persistent=False)
         self.register_buffer("std", torch.tensor(SAM_PIXEL_STD).view(1, 3, 1, 1) / 255, persistent=False)
 
+    def _apply(self, fn, recurse=True):
+        """Refresh TinyViT's eval-mode cache of attention biases after ``.half()``/``.to()`` (else dtype mismatch)."""
+        super()._apply(fn, recurse)
+        if not self.training:
+            self.vit.train(False)  # Attention.train(False) re-caches `ab` from the converted parameters
+        return self
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(B, 3, H, W) in 0-1 -> [(B, 128, H/8, W/8), (B, 320, H/16, W/16)]; H, W multiples of 32."""
         b, _, h, w = x.shape
