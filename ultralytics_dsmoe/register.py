@@ -50,8 +50,8 @@ class PatchError(RuntimeError):
 
 # ---------------------------------------------------------------------------------------------------------------
 # 1. Blocks and their channel rules
-# A rule maps (m, c1, args, scale) -> (c2, args): m is the block class, c1 is ch[f] (a list when `from` is a list or the source block returns
-# a list), scale(c) applies the YAML width multiple and max_channels like Ultralytics does for Conv.
+# A rule maps (m, c1, args, scale) -> (c2, args): m is the block class; c1 is ch[f], a list when `from` is a list or
+# the source block returns one; scale(c) applies the YAML width multiple and max_channels as Ultralytics does for Conv.
 ChannelRule = Callable[[type, "int | list", list, Callable[[int], int]], tuple]
 
 
