@@ -141,6 +141,8 @@ def register_names(module=tasks) -> None:
 def patch_function(module, name: str, make_wrapper: Callable, params: tuple[str, ...]) -> None:
     """Replace ``module.name`` by ``make_wrapper(original)`` everywhere Ultralytics imported it (idempotent).
 
+    ``module`` may also be a class (its method is replaced on the class itself).
+
     ``params`` are parameter names the original must accept; a mismatch raises ``PatchError``.
     """
     original = getattr(module, name, None)
@@ -153,10 +155,10 @@ def patch_function(module, name: str, make_wrapper: Callable, params: tuple[str,
         raise PatchError(f"{module.__name__}.{name} no longer takes {missing}")
     wrapper = make_wrapper(original)
     wrapper._dsmoe_original = original
-    for mod in list(sys.modules.values()):
-        if getattr(mod, "__name__", "").startswith("ultralytics.") or mod is module:
-            if vars(mod).get(name) is original:
-                setattr(mod, name, wrapper)
+    setattr(module, name, wrapper)
+    for mod in list(sys.modules.values()):  # aliases made by `from ... import name` before the patch
+        if getattr(mod, "__name__", "").startswith("ultralytics.") and vars(mod).get(name) is original:
+            setattr(mod, name, wrapper)
 
 
 def shipped_file(file: str) -> Path | None:
@@ -261,7 +263,4 @@ def install() -> None:
     patch_function(tasks, "guess_model_scale", _guess_model_scale, ("model_path",))
     patch_function(checks, "check_font", _check_font, ("font",))
     patch_function(checks, "check_amp", _check_amp, ("model",))
-    if not hasattr(tasks.DetectionModel.init_criterion, "_dsmoe_original"):
-        original = tasks.DetectionModel.init_criterion
-        tasks.DetectionModel.init_criterion = _init_criterion(original)
-        tasks.DetectionModel.init_criterion._dsmoe_original = original
+    patch_function(tasks.DetectionModel, "init_criterion", _init_criterion, ("self",))  # class level: EMA copy too
