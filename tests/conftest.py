@@ -18,9 +18,14 @@ def home() -> Path:
     return _HOME
 
 
-def run_python(code: str, cwd: Path, env: dict | None = None, timeout: int = 600):
-    """Run ``python -c code`` in a fresh interpreter of this environment (site hooks included), env as given."""
+def run(cmd: list, cwd: Path, env: dict | None = None, timeout: int = 900):
+    """Run a command in a fresh process of this environment (site hooks included), env as given."""
     import subprocess
 
-    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=os.environ if env is None else env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=cwd, env=os.environ if env is None else env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def run_python(code: str, cwd: Path, env: dict | None = None):
+    """Run ``python -c code`` in a fresh interpreter of this environment."""
+    return run([sys.executable, "-c", code], cwd, env)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_python
+from conftest import run, run_python
 from ultralytics_dsmoe.data.synthetic import generate
 
 YOLO = Path(sys.executable).with_name("yolo")
@@ -43,13 +43,6 @@ def sandbox(tmp_path_factory):
     return root, env, log
 
 
-def _run(cmd, sandbox, **kw):
-    import subprocess
-
-    root, env, _ = sandbox
-    return subprocess.run(cmd, cwd=root / "work", env={**env, **kw}, capture_output=True, text=True, timeout=900)
-
-
 def test_plain_python_does_not_load_plugin(sandbox):
     root, env, _ = sandbox
     r = run_python("import sys, json; print(json.dumps(sorted(m for m in sys.modules "
@@ -61,10 +54,11 @@ def test_plain_python_does_not_load_plugin(sandbox):
 @pytest.mark.parametrize("autoload", ["1", "0"])
 def test_autoload_and_opt_out(sandbox, autoload):
     root, env, _ = sandbox
-    r = run_python("import os, sys; import ultralytics.nn.tasks as t; "
-                   "print(hasattr(t, 'MobileSAMEncoder'), 'ultralytics_dsmoe' in sys.modules, os.environ.get('YOLO_OFFLINE'))",
+    r = run_python("import os, sys; import ultralytics.nn.tasks as t; print(hasattr(t, 'MobileSAMEncoder'), "
+                   "'ultralytics_dsmoe' in sys.modules, os.environ.get('YOLO_OFFLINE'))",
                    root / "work", {**env, "ULTRALYTICS_DSMOE_AUTOLOAD": autoload})
-    assert r.stdout.splitlines()[-1].split() == (["True", "True", "1"] if autoload == "1" else ["False", "False", "None"]), r.stderr
+    expected = ["True", "True", "1"] if autoload == "1" else ["False", "False", "None"]
+    assert r.stdout.splitlines()[-1].split() == expected, r.stderr
 
 
 def test_user_offline_choice_is_kept(sandbox):
@@ -78,13 +72,13 @@ def test_yolo_cli_train_offline(sandbox):
     """`yolo train model=dsmoe-n.yaml` from an unrelated folder: 1 epoch at imgsz 64, no network attempt at all."""
     root, env, log = sandbox
     log.unlink(missing_ok=True)
-    r = _run([str(YOLO), "train", "model=dsmoe-n.yaml", f"data={root / 'data.yaml'}", "epochs=1", "imgsz=64",
-              "batch=4", "workers=0", f"project={root / 'runs'}", "name=cli", "exist_ok=True"], sandbox)
+    r = run([str(YOLO), "train", "model=dsmoe-n.yaml", f"data={root / 'data.yaml'}", "epochs=1", "imgsz=64",
+              "batch=4", "workers=0", f"project={root / 'runs'}", "name=cli", "exist_ok=True"], root / "work", env)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
-    run = root / "runs" / "cli"
-    assert (run / "weights" / "best.pt").is_file()
-    with open(run / "results.csv") as f:
+    run_dir = root / "runs" / "cli"
+    assert (run_dir / "weights" / "best.pt").is_file()
+    with open(run_dir / "results.csv") as f:
         header = [h.strip() for h in next(csv.reader(f))]
     assert {"train/box_loss", "train/cls_loss", "train/dfl_loss", "val/cls_loss"} <= set(header)
     assert "Assuming scale" not in out
@@ -105,7 +99,7 @@ print(generate_ddp_file(t))
     r = run_python(code, root / "work", env)
     assert r.returncode == 0, r.stderr[-3000:]
     script = r.stdout.strip().splitlines()[-1]
-    r = _run([sys.executable, script], sandbox)
+    r = run([sys.executable, script], root / "work", env)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     assert (root / "runs" / "ddp" / "weights" / "best.pt").is_file()
 
