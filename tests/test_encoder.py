@@ -20,10 +20,34 @@ def mobilesam_checkpoint(tmp_path_factory):
 
 def test_outputs_and_strides():
     enc = MobileSAMEncoder(3, "none")
-    p3, p4 = enc(torch.rand(2, 3, 64, 128))
-    assert p3.shape == (2, 128, 8, 16) and p4.shape == (2, 320, 4, 8)
-    assert tuple(enc.out_channels) == (p3.shape[1], p4.shape[1])
+    p2, p3, p4 = enc(torch.rand(2, 3, 64, 128))
+    assert p2.shape == (2, 64, 16, 32) and p3.shape == (2, 128, 8, 16) and p4.shape == (2, 320, 4, 8)
+    assert tuple(enc.out_channels) == (p2.shape[1], p3.shape[1], p4.shape[1])
     assert not any(n.startswith(("vit.neck", "vit.head", "vit.norm_head")) for n, _ in enc.named_parameters())
+
+
+@pytest.mark.parametrize("hw", [(96, 160), (224, 224)])  # windows that need padding; a side equal to a window
+def test_shape_free_forward_equals_tinyvit(hw):
+    """The traceable forward is TinyViT's own computation, without set_imgsz module state."""
+    torch.manual_seed(0)
+    enc = MobileSAMEncoder(3, "none").eval()
+    x = torch.rand(2, 3, *hw)
+    vit, (h, w) = enc.vit, hw
+    with torch.no_grad():
+        p2, p3, p4 = enc(x)
+        vit.set_imgsz([h, w])
+        t = vit.patch_embed((x - enc.mean) / enc.std)
+        for block in vit.layers[0].blocks:
+            t = block(t)
+        torch.testing.assert_close(p2, t, rtol=0, atol=0)
+        t = vit.layers[0].downsample(t)
+        for block in vit.layers[1].blocks:
+            t = block(t)
+        torch.testing.assert_close(p3, t.transpose(1, 2).reshape(2, 128, h // 8, w // 8), rtol=0, atol=1e-6)
+        t = vit.layers[1].downsample(t)
+        for layer in vit.layers[2:]:
+            t = layer(t)
+        torch.testing.assert_close(p4, t.transpose(1, 2).reshape(2, 320, h // 16, w // 16), rtol=0, atol=1e-6)
 
 
 def test_loads_mobilesam_image_encoder_strictly(mobilesam_checkpoint):

@@ -9,7 +9,7 @@ from ultralytics.nn.tasks import DetectionModel, yaml_model_load
 from ultralytics.utils import DEFAULT_CFG
 from ultralytics.utils.loss import v8DetectionLoss
 from ultralytics.utils.torch_utils import ModelEMA
-from ultralytics_dsmoe.loss import QualityFocalDetectionLoss, QualityFocalLoss
+from ultralytics_dsmoe.loss import AuxLosses, QualityFocalDetectionLoss, QualityFocalLoss
 
 
 def test_qfl_matches_equation_32():
@@ -44,15 +44,17 @@ def _model(cfg="dsmoe-n.yaml", **yaml_overrides):
 def test_yaml_selects_loss_for_train_and_ema_validation():
     model = _model(qfl_gain=3.0, qfl_alpha=0.3)
     criterion = model.init_criterion()
-    assert isinstance(criterion, QualityFocalDetectionLoss)
-    assert criterion.qfl_gain == 3.0 and criterion.qfl.alpha == 0.3
+    assert isinstance(criterion, AuxLosses) and isinstance(criterion.criterion, QualityFocalDetectionLoss)
+    assert criterion.qfl_gain == 3.0 and criterion.qfl.alpha == 0.3  # attributes reach the wrapped criterion
     ema = ModelEMA(model).ema  # the trainer validates with this copy
-    assert isinstance(ema.init_criterion(), QualityFocalDetectionLoss)
+    ema_criterion = ema.init_criterion()
+    assert isinstance(ema_criterion.criterion, QualityFocalDetectionLoss)
+    assert all(m in set(ema.modules()) for _, _, mods in ema_criterion.terms for m in mods)  # the EMA's own blocks
 
 
 def test_stock_and_default_models_keep_bce():
     assert type(_model("yolov8n.yaml").init_criterion()) is v8DetectionLoss
-    assert type(_model(loss="default").init_criterion()) is v8DetectionLoss
+    assert type(_model(loss="default").init_criterion().criterion) is v8DetectionLoss
     with pytest.raises(ValueError, match="Unknown 'loss: focal'"):
         _model(loss="focal").init_criterion()
 
@@ -67,7 +69,7 @@ def test_qfocal_loss_trains_the_head():
         "bboxes": torch.tensor([[0.5, 0.5, 0.4, 0.3], [0.3, 0.6, 0.2, 0.5]]),
     }
     loss, items = model.loss(batch)
-    assert set(items) == {"box_loss", "cls_loss", "dfl_loss"}
+    assert set(items) == {"box_loss", "cls_loss", "dfl_loss", "moe_loss", "align_loss"}
     assert all(torch.isfinite(v) for v in items.values()) and items["cls_loss"] > 0
     loss.sum().backward()
     cls_head = model.model[-1].cv3[0][-1]
@@ -78,3 +80,20 @@ def test_qfocal_loss_trains_the_head():
     _, bce_items = bce_model.loss(batch)
     assert items["cls_loss"] < bce_items["cls_loss"]  # QFL down-weights the easy negatives BCE sums over
     torch.testing.assert_close(items["box_loss"], bce_items["box_loss"])  # same CIoU term
+
+
+def test_aux_losses_are_gain_weighted_and_train_their_blocks():
+    batch = {"img": torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)), "batch_idx": torch.tensor([0.0]), "cls": torch.tensor([[1.0]]),
+             "bboxes": torch.tensor([[0.5, 0.5, 0.4, 0.3]])}
+    items = {}
+    for gain in (0.01, 0.02):
+        torch.manual_seed(0)
+        model = _model(moe_balance=gain, align_gain=2 * gain)
+        loss, items[gain] = model.loss(batch)
+        assert loss.shape == (5,) and torch.isfinite(loss).all()
+    torch.testing.assert_close(items[0.02]["moe_loss"], 2 * items[0.01]["moe_loss"])  # same seed, same weights
+    torch.testing.assert_close(items[0.02]["align_loss"], 2 * items[0.01]["align_loss"])
+    assert items[0.01]["moe_loss"] >= 0.01 * 0.999  # Switch balance loss is >= 1 before its gain
+    model.zero_grad()
+    loss[3].backward()  # the balance term alone reaches the router
+    assert model.model[11].router.log_tau.grad.abs() > 0

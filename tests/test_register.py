@@ -56,9 +56,9 @@ def toy_yaml(scale):
         "scale": scale,
         "scales": SCALES,
         "backbone": [
-            [-1, 1, "MobileSAMEncoder", ["none"]],  # 0: list [128, 320]
-            [0, 1, "Pick", [0]],  # 1: P3/8
-            [0, 1, "Pick", [1]],  # 2: P4/16
+            [-1, 1, "MobileSAMEncoder", ["none"]],  # 0: list [64, 128, 320]
+            [0, 1, "Pick", [1]],  # 1: P3/8
+            [0, 1, "Pick", [2]],  # 2: P4/16
             [[1, 2], 1, "Mix", [64]],  # 3: multi-input, channel-changing (P3/8)
             [-1, 1, "Gate", [3]],  # 4: same channels
             [2, 1, "Conv", [1024, 3, 2]],  # 5: P5/32

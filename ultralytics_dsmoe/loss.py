@@ -20,7 +20,7 @@ from torch import nn
 
 from ultralytics.utils.loss import v8DetectionLoss
 
-__all__ = ("LOSSES", "QualityFocalDetectionLoss", "QualityFocalLoss")
+__all__ = ("AUX_LOSSES", "LOSSES", "AuxLosses", "QualityFocalDetectionLoss", "QualityFocalLoss")
 
 
 class QualityFocalLoss(nn.Module):
@@ -59,3 +59,44 @@ class QualityFocalDetectionLoss(v8DetectionLoss):
 
 
 LOSSES = {"qfocal": QualityFocalDetectionLoss}
+
+
+# Auxiliary losses kept by plugin blocks after each forward: loss column -> (model-YAML gain key, default gain, block).
+AUX_LOSSES = {"moe_loss": ("moe_balance", 0.01, "SparseMoE"), "align_loss": ("align_gain", 0.05, "FeatureAggregate")}
+
+
+class AuxLosses:
+    """Wrap a detection criterion and add the blocks' auxiliary losses as extra, gain-weighted loss terms.
+
+    Each term is the mean of ``aux_loss`` over the model's blocks of that kind, computed in the same forward pass
+    the criterion scores (training and validation alike, so train/ and val/ columns match in results.csv).
+    Everything else (``update``, attributes) is the wrapped criterion's.
+    """
+
+    def __init__(self, criterion, model):
+        from ultralytics_dsmoe import nn as blocks
+
+        self.criterion = criterion
+        cfg = model.yaml if isinstance(model.yaml, dict) else {}
+        self.terms = []  # (column, gain, modules)
+        for column, (key, default, block) in AUX_LOSSES.items():
+            modules = [m for m in model.modules() if isinstance(m, getattr(blocks, block))]
+            if modules:
+                self.terms.append((column, float(cfg.get(key, default)), modules))
+
+    def __getattr__(self, name):
+        if name == "criterion":  # not yet set (e.g. during unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.criterion, name)
+
+    def __call__(self, preds, batch):
+        loss, items = self.criterion(preds, batch)
+        if not self.terms:
+            return loss, items
+        batch_size = batch["img"].shape[0]
+        extra = []
+        for column, gain, modules in self.terms:
+            term = gain * torch.stack([m.aux_loss for m in modules]).mean().to(loss.dtype)
+            extra.append(term)
+            items = {**items, column: term.detach()}
+        return torch.cat([loss, torch.stack(extra) * batch_size]), items

@@ -7,7 +7,8 @@ Everything the plugin changes in Ultralytics is installed by ``install()`` below
 2. Config lookup: bare ``dsmoe*.yaml`` and shipped dataset names resolve from any directory (a local file of the
    same name wins), and ``dsmoe-n.yaml``-style names select their scale.
 3. Loss: a model-YAML key ``loss: qfocal`` selects ``ultralytics_dsmoe.loss.QualityFocalDetectionLoss`` inside
-   ``DetectionModel.init_criterion`` (so the EMA copy used for validation gets it too).
+   ``DetectionModel.init_criterion`` (so the EMA copy used for validation gets it too), and models with MoE or
+   aggregation blocks get their auxiliary losses added (``ultralytics_dsmoe.loss.AuxLosses``).
 4. Offline: the font check and the AMP check never touch the network when Ultralytics is offline.
 
 Each patch is idempotent, refuses to overwrite a name it does not own, and raises ``PatchError`` naming the
@@ -29,7 +30,19 @@ from ultralytics.nn import tasks
 from ultralytics.utils import LOGGER, USER_CONFIG_DIR, WEIGHTS_DIR, checks
 from ultralytics.utils.ops import make_divisible
 
-from ultralytics_dsmoe.nn import MobileSAMEncoder, Pick
+from ultralytics_dsmoe.nn import (
+    CBAM,
+    AnisotropicDSConv,
+    ClassText,
+    ExpertEnsemble,
+    FeatureAggregate,
+    HyperbolicAlign,
+    MobileSAMEncoder,
+    Pick,
+    SemanticDistill,
+    SpaceBroadcast,
+    SparseMoE,
+)
 
 SUPPORTED = "8.4.x"
 CFG_DIR = Path(__file__).resolve().parent / "cfg"  # wheel layout: cfg/ and datasets/ ship inside the package
@@ -76,9 +89,28 @@ def picked_output(m, c1, args, scale):
     return c1[args[0]], [c1, *args]
 
 
+def declared_output(m, c1, args, scale):
+    """Block(c1, c2, *args) with args[0] an absolute width, not scaled (e.g. the text width)."""
+    return args[0], [c1, *args]
+
+
+def geometry_output(m, c1, args, scale):
+    """HyperbolicAlign(c1, n, nc, ...) returns n tangent channels plus nc distance maps."""
+    return args[0] + args[1], [c1, *args]
+
+
 BLOCKS: dict[str, tuple[type, ChannelRule]] = {
-    "MobileSAMEncoder": (MobileSAMEncoder, listed_output),
+    "MobileSAMEncoder": (MobileSAMEncoder, listed_output),  # Stage 3
     "Pick": (Pick, picked_output),
+    "AnisotropicDSConv": (AnisotropicDSConv, same_channels),  # Stage 3, eqs. 4-5
+    "CBAM": (CBAM, same_channels),  # Stage 4
+    "ClassText": (ClassText, declared_output),  # Stage 1
+    "SemanticDistill": (SemanticDistill, same_channels),  # Stage 2
+    "HyperbolicAlign": (HyperbolicAlign, geometry_output),  # Stage 5
+    "SpaceBroadcast": (SpaceBroadcast, scaled_output),  # Stage 6
+    "SparseMoE": (SparseMoE, scaled_output),  # Stages 7-8
+    "ExpertEnsemble": (ExpertEnsemble, scaled_output),  # Stage 9
+    "FeatureAggregate": (FeatureAggregate, scaled_output),  # Stage 10
 }
 
 
@@ -194,16 +226,19 @@ def _guess_model_scale(original):
 
 def _init_criterion(original):
     def init_criterion(self):
-        from ultralytics_dsmoe.loss import LOSSES  # lazy: the loss module imports ultralytics.utils.loss
+        from ultralytics_dsmoe.loss import LOSSES, AuxLosses  # lazy: the loss module imports ultralytics.utils.loss
 
         name = str((self.yaml or {}).get("loss", "default")).lower() if isinstance(self.yaml, dict) else "default"
         if name in {"default", "bce"}:
-            return original(self)
-        if name not in LOSSES:
+            criterion = original(self)
+        elif name not in LOSSES:
             raise ValueError(f"Unknown 'loss: {name}' in the model YAML. Choose one of {['default', *LOSSES]}.")
-        if getattr(self.model[-1], "one2one_cv2", None) is not None:
+        elif getattr(self.model[-1], "one2one_cv2", None) is not None:
             raise ValueError(f"'loss: {name}' supports the one-to-many Detect head, not end-to-end heads.")
-        return LOSSES[name](self)
+        else:
+            criterion = LOSSES[name](self)
+        aux = AuxLosses(criterion, self)
+        return aux if aux.terms else criterion  # stock models keep the stock criterion object
 
     return init_criterion
 

@@ -2,7 +2,8 @@
 
 The encoder is the TinyViT-5M that MobileSAM distilled from SAM's ViT-H, exactly as Ultralytics ships it
 (``ultralytics.models.sam.modules.tiny_encoder``), so ``mobile_sam.pt`` image-encoder weights load strictly.
-It returns a list of feature maps; ``Pick`` rows select them by index in the YAML.
+It returns a list of feature maps; ``Pick`` rows select them by index in the YAML. ``AnisotropicDSConv`` is the
+Stage 3 adapter the paper adds on each encoder level (eqs. 3-5).
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ultralytics.utils import LOGGER, WEIGHTS_DIR
 
-__all__ = ("MobileSAMEncoder", "Pick")
+__all__ = ("AnisotropicDSConv", "MobileSAMEncoder", "Pick")
 
 # MobileSAM's TinyViT configuration (ultralytics/models/sam/build.py::build_mobile_sam).
 TINYVIT_MOBILESAM = dict(
@@ -79,18 +81,22 @@ def load_image_encoder_state(encoder: nn.Module, file: Path) -> None:
 
 
 class MobileSAMEncoder(nn.Module):
-    """MobileSAM TinyViT encoder returning ``[P3/8 (128 ch), P4/16 (320 ch)]``.
+    """MobileSAM TinyViT encoder returning ``[P2/4 (64 ch), P3/8 (128 ch), P4/16 (320 ch)]`` (paper eq. 3).
 
     MobileSAM keeps stride 16 in its last two stages (no stride-32 output); the YAML adds the stride-32 stage.
-    Paper eq. 3 describes the encoder as four downsampling levels: TinyViT realises levels s4 (patch embed),
-    s8 (stage 1) and s16 (stages 2-4). The SAM decoder neck and the classification head are dropped.
+    Paper eq. 3 describes the encoder as four downsampling levels: TinyViT realises levels s4 (patch embed + MBConv),
+    s8 (stage 1) and s16 (stages 2-3). The SAM decoder neck and the classification head are dropped.
+
+    The forward pass walks TinyViT's own modules (so ``mobile_sam.pt`` weights load unchanged) but derives every
+    window and padding size from the input tensor's shape, instead of TinyViT's ``set_imgsz`` module state: the
+    traced graph stays valid for any input size (dynamic ONNX export), and numerics equal TinyViT's own forward.
 
     Args:
         c1: input channels (must be 3).
         weights: see ``find_mobilesam_weights``.
     """
 
-    out_channels = (128, 320)  # fixed by MobileSAM's TinyViT: read by the YAML channel rule
+    out_channels = (64, 128, 320)  # fixed by MobileSAM's TinyViT: read by the YAML channel rule
 
     def __init__(self, c1: int = 3, weights: str | None = "auto"):
         super().__init__()
@@ -118,20 +124,108 @@ class MobileSAMEncoder(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """(B, 3, H, W) in 0-1 -> [(B, 128, H/8, W/8), (B, 320, H/16, W/16)]; H, W multiples of 32."""
-        b, _, h, w = x.shape
-        self.vit.set_imgsz([h, w])  # TinyViT keeps window geometry as module state
+        """(B, 3, H, W) in 0-1 -> [(B, 64, H/4, W/4), (B, 128, H/8, W/8), (B, 320, H/16, W/16)]; H, W % 32 == 0."""
+        l0, l1, l2, l3 = self.vit.layers
         x = self.vit.patch_embed((x - self.mean) / self.std)  # (B, 64, H/4, W/4)
-        p3 = self.vit.layers[0](x)  # (B, H/8*W/8, 128) tokens
-        x = p3
-        for layer in self.vit.layers[1:]:
-            x = layer(x)  # -> (B, H/16*W/16, 320)
-        return [_tokens_to_map(p3, h // 8, w // 8), _tokens_to_map(x, h // 16, w // 16)]
+        for mbconv in l0.blocks:
+            x = mbconv(x)
+        p2 = x
+        x = _vit_stage(l1, _merge(l0.downsample, x))  # (B, 128, H/8, W/8)
+        p3 = x
+        x = _vit_stage(l2, _merge(l1.downsample, x))  # (B, 160, H/16, W/16)
+        x = _vit_stage(l3, _merge(l2.downsample, x))  # (B, 320, H/16, W/16): the last merge has stride 1
+        return [p2, p3, x]
 
 
-def _tokens_to_map(t: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """(B, h*w, C) row-major tokens -> (B, C, h, w)."""
-    return t.transpose(1, 2).reshape(t.shape[0], t.shape[2], h, w)
+def _merge(merging: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """TinyViT PatchMerging on a (B, C, H, W) map -> (B, C', H', W') map."""
+    return merging.conv3(merging.act(merging.conv2(merging.act(merging.conv1(x)))))
+
+
+def _vit_stage(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The TinyViTBlocks of one BasicLayer on a (B, C, H, W) map (its downsample is applied by the caller)."""
+    for block in layer.blocks:
+        x = _vit_block(block, x)
+    return x
+
+
+def _vit_block(blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``TinyViTBlock.forward`` with window geometry taken from ``x.shape`` (traceable for any size).
+
+    Identical numerics: TinyViT also zero-pads to whole windows before attention and crops after. Padding by 0 when
+    a side already fits is a no-op, so there is no branch on the shape.
+    """
+    b, c, h, w = x.shape
+    ws = blk.window_size
+    tokens = x.flatten(2).transpose(1, 2)  # (B, HW, C)
+    pad_b, pad_r = (ws - h % ws) % ws, (ws - w % ws) % ws
+    win = F.pad(tokens.view(b, h, w, c), (0, 0, 0, pad_r, 0, pad_b))  # (B, pH, pW, C)
+    nh, nw = (h + pad_b) // ws, (w + pad_r) // ws
+    win = win.view(b, nh, ws, nw, ws, c).transpose(2, 3).reshape(b * nh * nw, ws * ws, c)
+    win = blk.attn(win)  # window attention with TinyViT's relative position biases
+    win = win.view(b, nh, nw, ws, ws, c).transpose(2, 3).reshape(b, nh * ws, nw * ws, c)[:, :h, :w]
+    tokens = tokens + win.reshape(b, h * w, c)
+    x = blk.local_conv(tokens.transpose(1, 2).reshape(b, c, h, w))  # depthwise 3x3 + BN
+    tokens = x.flatten(2).transpose(1, 2)
+    tokens = tokens + blk.mlp(tokens)
+    return tokens.transpose(1, 2).reshape(b, c, h, w)
+
+
+class AnisotropicDSConv(nn.Module):
+    """Stage 3 adapter on one encoder level: anisotropic factorised DSConv (eq. 4) + gradient-aware resolution (eq. 5).
+
+    Eq. 3 writes each encoder level as ``psi_l(DSConv_l(phi_l(I)))``. ``phi_l`` is TinyViT's own downsampling; this
+    block adds ``DSConv_l`` and ``psi_l`` as a residual adapter, so pretrained MobileSAM features pass through intact:
+
+        y   = psi( sum_{i=1..n} D_r(K_kx1^(i)) o D_r(K_1xk^(i)) (x) )     eq. 4: depthwise k x 1 then 1 x k, dilation
+                                                                           r = 2^(l-1); psi = pointwise conv + BN + ReLU6
+        a   = clamp(log2(1 + E_3x3|grad x| / theta), 0, 1)                eq. 5, soft: log2 s_l before the floor
+        out = x + (1 - a) * y + a * Up(AvgPool_2(y))
+
+    Reading of eq. 5: ``s_l = 2^floor(log2(1 + g/theta))`` picks stride 1 where the mean gradient magnitude ``g`` is
+    below ``theta`` and stride >= 2 above it. Data-dependent striding cannot be batched or exported, so the stride is
+    realised as a per-pixel soft gate between the full-resolution response and its 2x2-pooled (coarse) version,
+    with ``a`` the unfloored exponent clipped to [0, 1]. ``g`` is the 3x3 mean of the Sobel gradient magnitude of the
+    channel-mean of ``x``; ``theta`` (0.25 in the paper, whose scale assumes image intensities) is learnable here
+    because feature magnitudes differ per level. The paper's text says the opposite direction ("smaller s_l for
+    high-frequency regions") from its equation; the equation is followed.
+
+    Args:
+        c1: channels (kept).
+        level: encoder level l (stride 2^(l+1)): the dilation is 2^(l-1).
+        k: kernel size of the factorised kernels (paper: 3).
+        n: number of factorised k x 1 o 1 x k terms in eq. 4.
+        theta: initial texture sensitivity of eq. 5.
+    """
+
+    def __init__(self, c1: int, level: int = 2, k: int = 3, n: int = 2, theta: float = 0.25):
+        super().__init__()
+        r = 2 ** (level - 1)
+        pad = r * (k // 2)
+        self.terms = nn.ModuleList(
+            nn.Sequential(
+                nn.Conv2d(c1, c1, (k, 1), padding=(pad, 0), dilation=(r, 1), groups=c1, bias=False),  # D(K_kx1)
+                nn.Conv2d(c1, c1, (1, k), padding=(0, pad), dilation=(1, r), groups=c1, bias=False),  # D(K_1xk)
+            )
+            for _ in range(n)
+        )
+        self.psi = nn.Sequential(nn.Conv2d(c1, c1, 1, bias=False), nn.BatchNorm2d(c1), nn.ReLU6())
+        self.log_theta = nn.Parameter(torch.tensor(float(theta)).log())
+        sobel = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 8
+        self.register_buffer("sobel", torch.stack([sobel, sobel.T]).unsqueeze(1), persistent=False)  # (2, 1, 3, 3)
+
+    def resolution_gate(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, 1, H, W) soft log2 s_l of eq. 5 in [0, 1] (1 = coarse)."""
+        grad = F.conv2d(x.mean(1, keepdim=True), self.sobel.to(x.dtype), padding=1)  # (B, 2, H, W)
+        g = F.avg_pool2d(grad.norm(dim=1, keepdim=True), 3, 1, 1, count_include_pad=False)  # E_3x3 |grad|
+        return torch.log2(1 + g / self.log_theta.exp()).clamp(0, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, H, W)."""
+        y = self.psi(sum(term(x) for term in self.terms))
+        coarse = F.interpolate(F.avg_pool2d(y, 2, 2, ceil_mode=True), size=y.shape[-2:], mode="nearest")
+        a = self.resolution_gate(x)
+        return x + (1 - a) * y + a * coarse
 
 
 class Pick(nn.Module):

@@ -1,0 +1,88 @@
+"""Stage 6: space broadcasting, text- and geometry-modulated deformable sampling at three scales (paper eqs. 14-19)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ultralytics.nn.modules import Conv
+
+__all__ = ("SpaceBroadcast",)
+
+
+class SpaceBroadcast(nn.Module):
+    """Deformable sampling whose offsets, modulation and dilation come from Stage 5 geometry and the class texts.
+
+        Gamma     = Conv1x1(Log_0 G)                        eq. 15, (B, d_e, H, W), d_e = n // 2; G's g part is
+                                                            already a tangent vector, so Log_0 is the identity
+        V         = Conv1x1(F_cs (+) Gamma)                 eq. 16 before the upsampling, (B, c_v, H, W)
+        tau_p     = sum_c a_c(p) W_t T_hat_c                per-pixel text context, a = softmax_c(-d_H / tau)
+        dp_{s,k}  = Phi_s(AvgPool(G) (+) tau_p)             eq. 18, Phi = depthwise-separable conv, zero-initialised
+        m_{s,k}   = sigma(W_g^(k) [Gamma * W tau_p])        eq. 19, DCNv2-style modulation per sampling point
+        r(p)      = 1 + sum_c a_c(p) d_H,c(p) / delta       dilation from hyperbolic distance, delta learnable
+        F_b       = psi( sum_{s in {0.5,1,2}} sum_k w_{s,k} m_{s,k} V(p + r p_k / s + dp_{s,k}) )      eqs. 14, 17
+
+    Readings: ``Upsample_s`` followed by a unit-spaced 3x3 kernel (eq. 16-17) samples the original map on a grid of
+    spacing 1/s, so the three scales are realised as three sampling grids on the H x W map (no 4x upsampled copy), and
+    their outputs are aligned for the sum of eq. 14. The dilation rule ``r_s = floor(1 + d_H/delta)`` loses its floor
+    to stay differentiable and is clipped to [1, 4]. The geometry-guided kernel of eq. 14 is a learnable depthwise
+    kernel over the 3 x 9 sampling points, modulated by eq. 19, then a pointwise CBS ``psi``. Sampling uses
+    ``grid_sample`` (bilinear, zero padding), which exports to ONNX (GridSample, opset >= 16).
+
+    Args:
+        c1: [C of F_cs, n + nc of G, text width d].
+        c2: output channels.
+        nc: number of classes (the last nc channels of G are distance maps).
+        scales: sampling scales s of eq. 14.
+        k: kernel size.
+    """
+
+    def __init__(self, c1: list[int], c2: int, nc: int = 80, scales: tuple = (0.5, 1.0, 2.0), k: int = 3):
+        super().__init__()
+        c, cg, d = c1
+        self.n, self.nc = cg - nc, nc
+        de, cv = max(self.n // 2, 8), max(c2 // 2, 16)
+        self.scales, self.points = tuple(scales), k * k
+        sk = len(self.scales) * self.points
+        self.gamma = nn.Conv2d(self.n, de, 1)  # eq. 15
+        self.value = Conv(c + de, cv, 1)  # eq. 16
+        self.text = nn.Linear(d, de)  # W_t: text into the geometry width
+        self.offset = nn.Sequential(  # Phi of eq. 18: depthwise-separable
+            nn.Conv2d(cg + de, cg + de, 3, padding=1, groups=cg + de), nn.Conv2d(cg + de, 2 * sk, 1)
+        )
+        nn.init.zeros_(self.offset[1].weight), nn.init.zeros_(self.offset[1].bias)  # start from the regular grid
+        self.mask = nn.Conv2d(de, sk, 1)  # W_g of eq. 19
+        self.kernel = nn.Parameter(torch.full((cv, sk), 1.0 / sk))  # depthwise weights over the sampling points
+        self.psi = Conv(cv, c2, 1)
+        self.log_delta = nn.Parameter(torch.tensor(4.0).log())
+        self.log_tau = nn.Parameter(torch.zeros(()))
+        r = torch.arange(k, dtype=torch.float32) - k // 2
+        grid = torch.stack(torch.meshgrid(r, r, indexing="ij"), -1).view(-1, 2).flip(-1)  # (k*k, 2) as (x, y)
+        steps = torch.cat([grid / s for s in self.scales])  # (S*k*k, 2): spacing 1/s per scale
+        self.register_buffer("steps", steps, persistent=False)
+
+    def forward(self, x: list[torch.Tensor]) -> torch.Tensor:
+        """[F_cs (B, C, H, W), G (B, n + nc, H, W), T_hat (B, nc, d)] -> (B, c2, H, W)."""
+        f, geo, t = x
+        b, _, h, w = f.shape
+        g, dmap = geo[:, : self.n], geo[:, self.n :].float()
+        a = F.softmax(-dmap / self.log_tau.exp(), dim=1)  # (B, nc, H, W) soft class assignment
+        gamma = self.gamma(g)  # (B, d_e, H, W)
+        text = torch.einsum("bchw,bcd->bdhw", a.to(f.dtype), self.text(t))  # (B, d_e, H, W)
+        v = self.value(torch.cat([f, gamma], 1))  # (B, c_v, H, W)
+        offsets = self.offset(torch.cat([F.avg_pool2d(geo, 3, 1, 1, count_include_pad=False), text], 1))
+        mask = torch.sigmoid(self.mask(gamma * text))  # (B, S*k*k, H, W)
+        dil = (1 + (a * dmap).sum(1, keepdim=True) / self.log_delta.exp()).clamp(1, 4)  # (B, 1, H, W)
+
+        # Sampling positions in pixels: p + r(p) * step_{s,k} + dp_{s,k}(p)  -> (B, H, W, S*k*k, 2)
+        ys, xs = torch.arange(h, device=f.device, dtype=torch.float32), torch.arange(w, device=f.device, dtype=torch.float32)
+        base = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1)  # (H, W, 2) as (x, y)
+        pos = base[None, :, :, None] + dil.permute(0, 2, 3, 1)[..., None] * self.steps
+        pos = pos + offsets.float().view(b, -1, 2, h, w).permute(0, 3, 4, 1, 2)
+        size = torch.stack([xs.new_tensor(1.0) * w, xs.new_tensor(1.0) * h])  # traced sizes stay symbolic
+        grid = (2 * pos + 1) / size - 1  # align_corners=False normalisation
+        sk = self.steps.shape[0]
+        samples = F.grid_sample(v, grid.view(b, h, w * sk, 2).to(v.dtype), mode="bilinear", align_corners=False)
+        samples = samples.view(b, -1, h, w, sk) * mask.permute(0, 2, 3, 1).unsqueeze(1)  # (B, c_v, H, W, S*k*k)
+        return self.psi(torch.einsum("bchwk,ck->bchw", samples, self.kernel.to(samples.dtype)))

@@ -1,0 +1,161 @@
+"""Stages 7-8: text-visual co-attention router and the sparse mixture of heterogeneous experts (paper eqs. 20-24)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .transient import TransientState
+
+__all__ = ("ExpertRouter", "SparseMoE")
+
+
+def mlp(c_in: int, hidden: int, c_out: int) -> nn.Sequential:
+    """Two hidden layers, as the paper's routing projectors (sec. 3.3: '2 hidden layers, 128 dimensions')."""
+    return nn.Sequential(nn.Linear(c_in, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, c_out))
+
+
+class ExpertRouter(nn.Module):
+    """Stage 7 (eq. 20): ``w_i = softmax_i(<phi(F_b), psi(T_i)> / tau)`` over Ne experts, then top-k.
+
+        phi(F_b)  = MLP(GAP(F_b))                      (B, d_g); GAP(W F) = W GAP(F), so pooling comes first
+        T_i       = q_i + softmax(q_i T_hat^T / sqrt(d)) T_hat      expert i's text: learned query attending over
+                                                                    the nc class texts, (B, Ne, d)
+        psi(T_i)  = MLP(T_i)                           (B, Ne, d_g)
+        w         = softmax(<phi, psi_i>_cos / tau)    tau learnable, initialised at 0.1 (eq. 20)
+        top-k     = the k largest w per sample, renormalised to sum to 1
+
+    Reading: eq. 20 gives expert i 'its' class text T_i, but there are Ne = 32 experts and only nc (4-6) classes.
+    Each expert owns a learned query that attends over the class texts, so every expert key is a function of the
+    prompts for any nc (changing the prompts changes routing). Similarities are cosine: with tau = 0.1, raw dot
+    products of unnormalised 128-d vectors would saturate the softmax at initialisation.
+
+    Args:
+        c: visual channels of F_b.
+        d: text width.
+        ne: number of experts.
+        k: experts kept per sample.
+        dg: routing width.
+        tau: initial temperature.
+    """
+
+    def __init__(self, c: int, d: int, ne: int = 32, k: int = 5, dg: int = 128, tau: float = 0.1):
+        super().__init__()
+        if not 1 <= k <= ne:
+            raise ValueError(f"ExpertRouter: top-k must be in [1, {ne}], got {k}")
+        self.ne, self.k = ne, k
+        self.phi = mlp(c, 128, dg)
+        self.psi = mlp(d, 128, dg)
+        self.queries = nn.Parameter(torch.randn(ne, d) / math.sqrt(d))
+        self.log_tau = nn.Parameter(torch.tensor(float(tau)).log())
+
+    def expert_text(self, t: torch.Tensor) -> torch.Tensor:
+        """(B, nc, d) class texts -> (B, Ne, d) expert texts T_i."""
+        attn = torch.einsum("ed,bcd->bec", self.queries.to(t.dtype), t) / math.sqrt(t.shape[-1])
+        return self.queries.to(t.dtype) + attn.softmax(-1) @ t
+
+    def forward(self, f: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """F_b (B, C, H, W), T_hat (B, nc, d) -> probs (B, Ne), idx (B, k), gates (B, k), expert texts (B, Ne, d)."""
+        text = self.expert_text(t)
+        phi = F.normalize(self.phi(f.mean((2, 3))).float(), dim=-1)  # (B, d_g)
+        psi = F.normalize(self.psi(text).float(), dim=-1)  # (B, Ne, d_g)
+        logits = torch.einsum("bg,beg->be", phi, psi) / self.log_tau.exp().clamp_min(0.01)
+        probs = logits.softmax(-1)  # eq. 20
+        top, idx = probs.topk(self.k, dim=-1)  # (B, k)
+        return probs, idx, top / top.sum(-1, keepdim=True), text
+
+
+class SparseMoE(TransientState):
+    """Stage 8 (eqs. 21-24): per sample, only the k routed experts run.
+
+        E_1 (local, eq. 22)  = W_1 [sum_{k=3,5} DW_kx1(F_b^a) (+) sum_{k=3,5} DW_1xk(F_b^b)]
+        E_2 (global, eq. 23) = W_2 [AvgPool_17(F_b^a) (+) AvgPool_33(F_b^b)]
+        E_j (cross, eq. 24)  = LayerNorm_j(W_j F_b + W_t^(j) Expand(T_j)),   j = 3..Ne
+        F_MoE                = sum_{i in top-k} g_i E_i                       eq. 21, (B, c2, H, W)
+
+    How sparsity is real: every expert is "cheap spatial pre-op + 1x1 projection W_e". The pre-ops (depthwise
+    anisotropic kernels, box means, identity) have no channel mixing and are computed once per sample for all three
+    expert kinds; the projections (the cost) are stored stacked as one (Ne, c2, c) bank. For each sample the k chosen
+    projections are gathered (``bank[idx]``) and applied by einsum, together with the chosen expert's kind of input,
+    so compute grows with k and not with Ne, there is no Python control flow on routing, and the graph exports.
+
+    Readings: eq. 22-23 concatenate two branches; here channel halves F_b^a, F_b^b go through the two branches so
+    the concatenation has c channels and every expert's projection has the same shape (the per-k pointwise convs of
+    eq. 22 are merged into W_1, exact by linearity). The 16x16 / 32x32 pooling of eq. 23 is a stride-1 box mean over
+    17 / 33 cells (odd, centred, borders excluded), computed separably. 'batch statistics computed per spatial
+    position' (eq. 24) is a LayerNorm over channels at each pixel, with per-expert affine parameters.
+
+    A Switch-Transformer load-balancing loss, ``Ne * sum_e f_e P_e`` (f_e: share of the B*k routing slots sent to
+    expert e, P_e: mean router probability), is kept in ``aux_loss`` after each forward (not while tracing). The paper
+    has none; without it sparse routers collapse onto a few experts.
+
+    Args:
+        c1: [channels c of F_b, text width d].
+        c2: output channels.
+        ne: number of experts (2 task + ne - 2 cross-modal).
+        k: experts per sample (paper: floor(log2 Ne) = 5).
+    """
+
+    TRANSIENT = ("aux_loss", "last_routing")
+
+    def __init__(self, c1: list[int], c2: int, ne: int = 32, k: int = 5):
+        super().__init__()
+        c, d = c1
+        if ne < 3:
+            raise ValueError(f"SparseMoE needs the 2 task experts and at least one cross-modal expert, got ne={ne}")
+        self.ne, self.k, self.half = ne, k, c // 2
+        self.router = ExpertRouter(c, d, ne, k)
+        a, b = self.half, c - self.half
+        self.local_h = nn.ModuleList(nn.Conv2d(a, a, (s, 1), padding=(s // 2, 0), groups=a, bias=False) for s in (3, 5))
+        self.local_v = nn.ModuleList(nn.Conv2d(b, b, (1, s), padding=(0, s // 2), groups=b, bias=False) for s in (3, 5))
+        self.weight = nn.Parameter(torch.randn(ne, c2, c) / math.sqrt(c))  # W_e: the stacked expert projections
+        self.bias = nn.Parameter(torch.zeros(ne, c2))
+        self.text_weight = nn.Parameter(torch.randn(ne, c2, d) / math.sqrt(d))  # W_t^(j); used by cross experts only
+        self.ln_weight = nn.Parameter(torch.ones(ne, c2))
+        self.ln_bias = nn.Parameter(torch.zeros(ne, c2))
+        kind = torch.tensor([0, 1] + [2] * (ne - 2))  # 0 local, 1 global, 2 cross-modal
+        self.register_buffer("kind", kind, persistent=False)
+        self.aux_loss = None
+        self.last_routing = None  # (probs (B, Ne), idx (B, k)) of the last forward, for routing reports
+
+    @staticmethod
+    def box_mean(x: torch.Tensor, size: int) -> torch.Tensor:
+        """Stride-1 mean over a size x size window, borders excluded (exact as two 1-D means)."""
+        x = F.avg_pool2d(x, (size, 1), 1, (size // 2, 0), count_include_pad=False)
+        return F.avg_pool2d(x, (1, size), 1, (0, size // 2), count_include_pad=False)
+
+    def expert_inputs(self, f: torch.Tensor) -> torch.Tensor:
+        """(B, c, H, W) -> (B, 3, c, H, W): the inputs of the local, global and cross-modal projections."""
+        fa, fb = f[:, : self.half], f[:, self.half :]
+        local = torch.cat([sum(m(fa) for m in self.local_h), sum(m(fb) for m in self.local_v)], 1)
+        pooled = torch.cat([self.box_mean(fa, 17), self.box_mean(fb, 33)], 1)
+        return torch.stack([local, pooled, f], 1)
+
+    def forward(self, x: list[torch.Tensor]) -> torch.Tensor:
+        """[F_b (B, c, H, W), T_hat (B, nc, d)] -> F_MoE (B, c2, H, W)."""
+        f, t = x
+        probs, idx, gates, text = self.router(f, t)
+        kind = self.kind[idx]  # (B, k)
+        xs = torch.einsum("bkt,btchw->bkchw", F.one_hot(kind, 3).to(f.dtype), self.expert_inputs(f))
+        y = torch.einsum("bkoc,bkchw->bkohw", self.weight[idx].to(f.dtype), xs)  # only the k chosen W_e run
+        text_k = torch.gather(text, 1, idx.unsqueeze(-1).expand(-1, -1, text.shape[-1]))  # (B, k, d)
+        cross = (kind == 2).to(f.dtype)[..., None]  # (B, k, 1)
+        shift = self.bias[idx] + cross * torch.einsum("bkod,bkd->bko", self.text_weight[idx], text_k.to(self.text_weight.dtype))
+        y = y + shift.to(f.dtype)[..., None, None]
+        normed = (y - y.mean(2, keepdim=True)) / (y.var(2, keepdim=True, unbiased=False) + 1e-5).sqrt()
+        normed = normed * self.ln_weight[idx].to(f.dtype)[..., None, None] + self.ln_bias[idx].to(f.dtype)[..., None, None]
+        cross = cross[..., None, None]
+        y = cross * normed + (1 - cross) * y  # LayerNorm for cross-modal experts only (eq. 24)
+        out = torch.einsum("bk,bkohw->bohw", gates.to(f.dtype), y)
+        if not torch.jit.is_tracing():
+            self.last_routing = (probs.detach(), idx.detach())
+            self.aux_loss = self.balance_loss(probs, idx)
+        return out
+
+    def balance_loss(self, probs: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Switch load balance Ne * sum_e f_e P_e; 1.0 when routing is uniform."""
+        share = F.one_hot(idx, self.ne).float().sum(1).mean(0) / self.k  # f_e
+        return self.ne * (share * probs.float().mean(0)).sum()
