@@ -216,7 +216,8 @@ class AnisotropicDSConv(nn.Module):
 
     def resolution_gate(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, 1, H, W) soft log2 s_l of eq. 5 in [0, 1] (1 = coarse)."""
-        grad = F.conv2d(x.mean(1, keepdim=True), self.sobel.to(x.dtype), padding=1)  # (B, 2, H, W)
+        m = F.pad(x.mean(1, keepdim=True), (1, 1, 1, 1), mode="replicate")  # the frame is not an edge
+        grad = F.conv2d(m, self.sobel.to(x.dtype))  # (B, 2, H, W)
         g = F.avg_pool2d(grad.norm(dim=1, keepdim=True), 3, 1, 1, count_include_pad=False)  # E_3x3 |grad|
         return torch.log2(1 + g / self.log_theta.exp()).clamp(0, 1)
 

@@ -11,16 +11,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ("HyperbolicAlign", "artanh", "dist", "expmap0", "logmap", "logmap0", "mobius_add", "project")
+__all__ = ("HyperbolicAlign", "artanh", "clip_norm", "dist", "expmap0", "logmap", "logmap0", "mobius_add", "project")
 
 MIN_NORM = 1e-6
 MAX_NORM = 1 - 1e-5  # points stay strictly inside the unit ball (fp32 resolves 1 - 1e-5 from 1)
+CLIP_RADIUS = 2.3  # Euclidean norm of features before Exp_0: ball radius tanh(2.3) = 0.980 (Guo et al., CVPR 2022)
+ANCHOR_RADIUS = 49.0  # |x| <= 49 keeps eq. 10's x / (1 + |x|) within the same 0.98 ball
 
 
 def artanh(x: torch.Tensor) -> torch.Tensor:
     """artanh on [0, MAX_NORM], as 0.5 * (log1p(x) - log1p(-x)) (exportable, unlike torch.atanh)."""
     x = x.clamp(-MAX_NORM, MAX_NORM)
     return 0.5 * (torch.log1p(x) - torch.log1p(-x))
+
+
+def clip_norm(x: torch.Tensor, radius: float = CLIP_RADIUS, dim: int = -1) -> torch.Tensor:
+    """Scale vectors longer than ``radius`` down to it ("clipped hyperbolic" features)."""
+    norm = _norm(x, dim)
+    return x * (norm.clamp_max(radius) / norm)
 
 
 def _norm(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -82,6 +90,10 @@ class HyperbolicAlign(nn.Module):
     dilation rule r = 1 + d_H / delta and its per-pixel text context). Eqs. 12-13 are properties the paper claims for
     a trained model, not operations; they are not enforced.
 
+    Numerics: the block runs in fp32 with autocast off. Visual vectors are clipped to Euclidean norm 2.3 before
+    Exp_0 and anchors to the same ball radius (0.98) before eq. 10's projection: near the boundary artanh' grows
+    like 1 / (1 - |x|^2) and its gradients overflow fp16 and spike in fp32 (feature clipping, Guo et al. CVPR 2022).
+
     ``manifold='euclidean'`` is the ablation without hyperbolic geometry (paper Tables 2/4/9, columns B-C): the same
     block with Exp/Log maps replaced by the identity, differences for log maps and |x - t| for distances.
 
@@ -107,9 +119,12 @@ class HyperbolicAlign(nn.Module):
     def forward(self, x: list[torch.Tensor]) -> torch.Tensor:
         """[F_cs (B, C, H, W), T_hat (B, nc, d)] -> (B, n + nc, H, W)."""
         f, t = x
-        dtype = f.dtype
-        v = self.visual(f).float().unsqueeze(1)  # (B, 1, n, H, W)
-        anchors = self.anchor(t.float())  # (B, nc, n)
+        with torch.autocast(f.device.type, enabled=False):
+            return self.align(f.float(), t.float()).to(f.dtype)
+
+    def align(self, f: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        v = clip_norm(self.visual(f), dim=1).unsqueeze(1)  # (B, 1, n, H, W)
+        anchors = clip_norm(self.anchor(t), ANCHOR_RADIUS)  # (B, nc, n)
         anchors = (anchors / (1 + anchors.norm(dim=-1, keepdim=True)))[..., None, None]  # eq. 10, (B, nc, n, 1, 1)
         if self.hyperbolic:
             p = expmap0(v, dim=2)
@@ -121,4 +136,4 @@ class HyperbolicAlign(nn.Module):
             logs, base = v - anchors, v
         a = F.softmax(-d / self.log_tau.exp(), dim=1).unsqueeze(2)  # (B, nc, 1, H, W)
         g = base.squeeze(1) + self.beta * (a * logs).sum(1)  # eq. 11, (B, n, H, W)
-        return torch.cat([g, d], 1).to(dtype)
+        return torch.cat([g, d], 1)

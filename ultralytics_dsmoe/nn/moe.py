@@ -54,7 +54,8 @@ class ExpertRouter(nn.Module):
 
     def expert_text(self, t: torch.Tensor) -> torch.Tensor:
         """(B, nc, d) class texts -> (B, Ne, d) expert texts T_i."""
-        attn = torch.einsum("ed,bcd->bec", self.queries.to(t.dtype), t) / math.sqrt(t.shape[-1])
+        d = self.psi[0].in_features  # a Python int, not a traced size: no tensor-to-float conversion when exporting
+        attn = torch.einsum("ed,bcd->bec", self.queries.to(t.dtype), t) / math.sqrt(d)
         return self.queries.to(t.dtype) + attn.softmax(-1) @ t
 
     def forward(self, f: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, ...]:

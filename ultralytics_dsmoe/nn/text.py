@@ -19,8 +19,10 @@ class ClassText(nn.Module):
     classes are distinct and a freshly built model is deterministic.
 
     Reading of eq. 1: the LLM width ``d_t`` (1536 for DeepSeek-R1-Distill-Qwen-1.5B) is projected to the model's text
-    width ``d`` by a learnable linear map before the positional encoding ("learnable trigonometric projections":
-    sinusoids of the class index through a learnable linear map) is added. The image input is only used for the
+    width ``d`` by a learnable linear map and a LayerNorm (language models differ wildly in embedding scale) before
+    the positional encoding ("learnable trigonometric projections": unit-norm sinusoids of the class index through a
+    learnable linear map) is added. At initialisation the encoding is ~1/25 of the text's norm, so the prompts, not
+    the class index, dominate T. The image input is only used for the
     batch size, device and dtype.
 
     Args:
@@ -33,7 +35,7 @@ class ClassText(nn.Module):
     def __init__(self, c1: int, d: int = 256, nc: int = 80, d_t: int = 1536):
         super().__init__()
         self.register_buffer("embeddings", placeholder_embeddings(nc, d_t))
-        self.proj = nn.Linear(d_t, d)
+        self.proj = nn.Sequential(nn.Linear(d_t, d), nn.LayerNorm(d))  # unit scale whatever the LLM's scale
         self.register_buffer("sinusoids", sinusoids(nc, d), persistent=False)  # (nc, d), recomputed from nc
         self.pos = nn.Linear(d, d)
 
@@ -54,13 +56,13 @@ def placeholder_embeddings(nc: int, d_t: int) -> torch.Tensor:
 
 
 def sinusoids(n: int, d: int) -> torch.Tensor:
-    """(n, d) transformer sinusoidal encoding of positions 0..n-1."""
+    """(n, d) transformer sinusoidal encoding of positions 0..n-1, rows scaled to unit norm."""
     pos = torch.arange(n, dtype=torch.float32)[:, None]
     freq = torch.exp(torch.arange(0, d, 2, dtype=torch.float32) * (-math.log(10000.0) / d))
     out = torch.zeros(n, d)
     out[:, 0::2] = torch.sin(pos * freq)
     out[:, 1::2] = torch.cos(pos * freq[: d // 2])
-    return out
+    return out / out.norm(dim=1, keepdim=True)
 
 
 class SemanticDistill(nn.Module):
@@ -84,9 +86,10 @@ class SemanticDistill(nn.Module):
 
     def attention(self, t: torch.Tensor) -> torch.Tensor:
         """(B, nc, d) -> (B, nc, d) multi-head self-attention MHA(T, T, T)."""
-        b, n, d = t.shape
-        q, k, v = self.qkv(t).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # (B, h, nc, d/h)
-        attn = (q @ k.transpose(-2, -1) / math.sqrt(d // self.heads)).softmax(-1)
+        b, n, d = t.shape  # traced sizes when exporting: shape ops only; the scale below is a Python constant
+        qkv = self.qkv(t).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # (B, h, nc, d/h) each
+        attn = (q @ k.transpose(-2, -1) / math.sqrt(self.qkv.in_features // self.heads)).softmax(-1)
         return self.out((attn @ v).transpose(1, 2).reshape(b, n, d))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:

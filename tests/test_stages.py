@@ -1,0 +1,344 @@
+"""The ten DS-MoE stages: reference numerics, gradients, text steering, per-stage ablation, fp16 and extreme inputs."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ultralytics.nn.tasks import DetectionModel, yaml_model_load
+from ultralytics.utils import DEFAULT_CFG
+from ultralytics_dsmoe.nn import (
+    CBAM,
+    AnisotropicDSConv,
+    ClassText,
+    ExpertEnsemble,
+    FeatureAggregate,
+    HyperbolicAlign,
+    MobileSAMEncoder,
+    SemanticDistill,
+    SpaceBroadcast,
+    SparseMoE,
+)
+
+STAGES = {  # paper stage -> block type in cfg/dsmoe.yaml
+    1: ClassText, 2: SemanticDistill, 3: AnisotropicDSConv, 4: CBAM, 5: HyperbolicAlign, 6: SpaceBroadcast,
+    8: SparseMoE, 9: ExpertEnsemble, 10: FeatureAggregate,
+}
+
+
+def build(ne=32, k=5, nc=4, seed=0, **overrides):
+    """dsmoe-n with the SparseMoE row's Ne and k replaced."""
+    d = yaml_model_load("dsmoe-n.yaml")
+    d.update(overrides)
+    for row in d["backbone"]:
+        if row[2] == "SparseMoE":
+            row[3] = [row[3][0], ne, k]
+    torch.manual_seed(seed)
+    model = DetectionModel(d, nc=nc, verbose=False)
+    model.args = DEFAULT_CFG
+    return model
+
+
+def blocks(model, cls):
+    return [m for m in model.modules() if isinstance(m, cls)]
+
+
+def batch(n=4, size=96):
+    g = torch.Generator().manual_seed(1)
+    return {
+        "img": torch.rand(n, 3, size, size, generator=g),
+        "batch_idx": torch.arange(n, dtype=torch.float32),
+        "cls": torch.arange(n, dtype=torch.float32).remainder(4).view(-1, 1),
+        "bboxes": torch.tensor([[0.5, 0.5, 0.9, 0.8], [0.3, 0.6, 0.2, 0.5], [0.5, 0.5, 0.1, 0.1], [0.6, 0.4, 0.7, 0.9]])[:n],
+    }
+
+
+def detect_out(model, img):
+    """The features the Detect head receives, in train mode (batch statistics: a fresh model's BN running stats make
+    eval-mode activations vanish, and decoded boxes at init are dominated by the head's priors)."""
+    seen = {}
+    handle = model.model[-1].register_forward_hook(lambda m, inputs, out: seen.update(x=inputs[0]))
+    model.train()
+    try:
+        with torch.no_grad():
+            model(img)
+    finally:
+        handle.remove()
+    return torch.cat([f.flatten(1) for f in seen["x"]], 1)
+
+
+def changed(out, ref, rel=1e-3):
+    return ((out - ref).abs().max() / ref.abs().max()).item() > rel
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build()
+
+
+# ----------------------------------------------------------------------------------------------- reference numerics
+
+
+def test_semantic_distill_equals_torch_multihead_attention():
+    """Eq. 2 with h = 8 is exactly LayerNorm(T + nn.MultiheadAttention(T, T, T))."""
+    torch.manual_seed(0)
+    block = SemanticDistill(64, heads=8)
+    mha = torch.nn.MultiheadAttention(64, 8, batch_first=True)
+    with torch.no_grad():
+        mha.in_proj_weight.copy_(block.qkv.weight), mha.in_proj_bias.copy_(block.qkv.bias)
+        mha.out_proj.weight.copy_(block.out.weight), mha.out_proj.bias.copy_(block.out.bias)
+    t = torch.randn(3, 5, 64)
+    ref = block.norm(t + mha(t, t, t, need_weights=False)[0])
+    torch.testing.assert_close(block(t), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_cbam_matches_equations_6_to_8():
+    torch.manual_seed(0)
+    block, x = CBAM(32), torch.randn(2, 32, 6, 7)
+    mlp = block.mlp
+    ch = torch.sigmoid(mlp(x.mean((2, 3), keepdim=True)) + mlp(x.amax((2, 3), keepdim=True)))  # eq. 7
+    y = x * ch
+    sp = torch.sigmoid(block.spatial(torch.cat([y.mean(1, keepdim=True), y.amax(1, keepdim=True)], 1)))  # eq. 8
+    torch.testing.assert_close(block(x), y * sp)  # eq. 6
+    assert block.spatial.kernel_size == (7, 7)
+
+
+def test_anisotropic_dsconv_factorisation_and_resolution_gate():
+    torch.manual_seed(0)
+    block = AnisotropicDSConv(16, level=3, k=3, n=2)
+    kx1, k1x = block.terms[0]
+    assert kx1.kernel_size == (3, 1) and k1x.kernel_size == (1, 3) and kx1.dilation == (4, 1)  # r = 2^(l-1)
+    # eq. 4: 2k instead of k^2 weights per factorised term and channel
+    assert sum(p.numel() for p in block.terms[0].parameters()) == 16 * 2 * 3
+    flat, edges = torch.ones(1, 16, 12, 12), torch.zeros(1, 16, 12, 12)
+    edges[..., torch.arange(12) % 4 < 2] = 50.0  # stripes 2 px wide: strong gradient in every column
+    assert block.resolution_gate(flat).max() == 0  # smooth: s_l = 1, full resolution only
+    assert block.resolution_gate(edges)[..., 2:-2, 2:-2].min() == 1  # E|grad| >> theta: s_l >= 2, coarse path
+    y = block.psi(sum(t(flat) for t in block.terms))
+    torch.testing.assert_close(block(flat), flat + y)
+
+
+def test_space_broadcast_reduces_to_depthwise_conv_on_a_regular_grid():
+    """Zero offsets, unit dilation and unit masks: the scale-1 sampling points are a plain depthwise 3x3 conv."""
+    torch.manual_seed(0)
+    block = SpaceBroadcast([8, 6 + 2, 16], 16, nc=2).eval()
+    f, t = torch.randn(2, 8, 7, 9), torch.randn(2, 2, 16)
+    geo = torch.cat([torch.randn(2, 6, 7, 9), torch.zeros(2, 2, 7, 9)], 1)  # zero distances -> dilation exactly 1
+    kernel = torch.zeros_like(block.kernel)
+    kernel[:, 9:18] = torch.randn(kernel.shape[0], 9)  # scale 1 only
+    with torch.no_grad():
+        block.kernel.copy_(kernel)
+        block.mask.weight.zero_(), block.mask.bias.fill_(50.0)  # sigmoid -> 1
+    captured = {}
+    block.psi.register_forward_hook(lambda m, i, o: captured.update(x=i[0]))
+    block([f, geo, t])
+    v = block.value(torch.cat([f, block.gamma(geo[:, :6])], 1))
+    ref = F.conv2d(v, kernel[:, 9:18].reshape(-1, 1, 3, 3), padding=1, groups=v.shape[1])
+    torch.testing.assert_close(captured["x"], ref, atol=1e-5, rtol=1e-4)
+
+
+def test_alignment_loss_closed_form_equals_autograd():
+    torch.manual_seed(0)
+    block = FeatureAggregate([12, 12], 10)
+    fe, fm = torch.randn(2, 12, 5, 6, requires_grad=True), torch.randn(2, 12, 5, 6, requires_grad=True)
+    out = block([fe, fm])
+    ge, gm = torch.autograd.grad(out.sum(), [fe, fm])  # per-pixel channel sums are independent across pixels
+    torch.testing.assert_close(block.aux_loss, (1 - F.cosine_similarity(ge, gm, dim=1)).mean())
+    assert block.aux_loss.requires_grad  # trains W_a and W_o
+
+
+def test_balance_loss_is_one_when_uniform_and_grows_when_collapsed():
+    moe = SparseMoE([16, 8], 16, ne=4, k=1)
+    uniform = torch.full((4, 4), 0.25)
+    assert moe.balance_loss(uniform, torch.arange(4).view(4, 1)).item() == pytest.approx(1.0)
+    collapsed = torch.tensor([[0.97, 0.01, 0.01, 0.01]]).repeat(4, 1)
+    assert moe.balance_loss(collapsed, torch.zeros(4, 1, dtype=torch.long)).item() == pytest.approx(4 * 0.97)
+
+
+# ------------------------------------------------------------------------------------------------ sparse routing
+
+
+def test_each_sample_runs_exactly_k_experts_and_only_they_learn():
+    torch.manual_seed(0)
+    moe = SparseMoE([32, 16], 32, ne=16, k=3)
+    f, t = torch.randn(5, 32, 6, 6), torch.randn(5, 4, 16)
+    out = moe([f, t])
+    probs, idx = moe.last_routing
+    assert idx.shape == (5, 3) and all(len(set(row.tolist())) == 3 for row in idx)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(5))
+    out.sum().backward()
+    used = set(idx.flatten().tolist())
+    row_grad = moe.weight.grad.flatten(1).abs().sum(1)
+    assert {e for e in range(16) if row_grad[e] > 0} == used  # unrouted experts' projections never ran
+
+
+def test_moe_output_is_the_gated_sum_of_its_chosen_experts():
+    """Dense reference: run every expert on every sample, keep the top-k with renormalised weights."""
+    torch.manual_seed(0)
+    moe = SparseMoE([16, 8], 16, ne=6, k=2)
+    f, t = torch.randn(3, 16, 5, 5), torch.randn(3, 2, 8)
+    out = moe([f, t])
+    probs, idx, gates, text = moe.router(f, t)
+    inputs = moe.expert_inputs(f)  # (B, 3, c, H, W)
+    ref = torch.zeros_like(out)
+    for b in range(3):
+        for j, e in enumerate(idx[b].tolist()):
+            kind = int(moe.kind[e])
+            y = torch.einsum("oc,chw->ohw", moe.weight[e], inputs[b, kind]) + moe.bias[e][:, None, None]
+            if kind == 2:  # cross-modal, eq. 24
+                y = y + (moe.text_weight[e] @ text[b, e])[:, None, None]
+                y = F.layer_norm(y.permute(1, 2, 0), (16,), moe.ln_weight[e], moe.ln_bias[e], 1e-5).permute(2, 0, 1)
+            ref[b] += gates[b, j] * y
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
+
+
+def moe_flops(ne, k, c=64, hw=16):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    moe = SparseMoE([c, 32], c, ne=ne, k=k).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        moe([torch.randn(2, c, hw, hw), torch.randn(2, 4, 32)])
+    return counter.get_total_flops()
+
+
+def test_moe_flops_grow_with_k_not_with_ne():
+    per_expert = (moe_flops(32, 4) - moe_flops(32, 2)) / 2
+    assert per_expert > 0
+    assert moe_flops(32, 8) - moe_flops(32, 4) == pytest.approx(4 * per_expert, rel=0.01)  # linear in k
+    # Ne only adds router keys (an MLP per expert text): a cost that does not grow with the image, unlike experts'
+    ne_cost = moe_flops(32, 2) - moe_flops(8, 2)
+    assert moe_flops(32, 2, hw=32) - moe_flops(8, 2, hw=32) == ne_cost
+    assert moe_flops(32, 4, hw=32) - moe_flops(32, 2, hw=32) == pytest.approx(4 * 2 * per_expert, rel=0.01)
+    assert moe_flops(32, 5, hw=32) <= 0.25 * moe_flops(32, 32, hw=32)
+
+
+# ------------------------------------------------------------------------------------------- model-level behaviour
+
+
+def test_every_parameter_gets_a_gradient():
+    """timm-style: one batch, dense routing (k = Ne) so every expert is reached."""
+    model = build(ne=8, k=8)
+    b = batch()
+    preds = model(b["img"])
+    loss, _ = model.loss(b, preds)
+    # + the raw head outputs, so that box branches of levels without an assigned target also get a gradient
+    (loss.sum() + preds["boxes"].mean() + preds["scores"].mean()).backward()
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert not [n for n, p in trainable.items() if p.grad is None]
+    zero = [n for n, p in trainable.items() if not p.grad.abs().sum() > 0]
+    # Only zero-initialised paths may have an exactly-zero first gradient: TinyViT's MBConv residual branches (its
+    # own init sets the last BN gamma to 0; pretrained weights differ) and the layer before SpaceBroadcast's
+    # zero-initialised offset head (deformable-conv convention: start from the regular grid).
+    allowed = (".vit.layers.0.blocks.", "offset.0.")
+    assert [n for n in zero if not any(a in n for a in allowed)] == []
+
+
+def test_text_steers_routing_and_output(model):
+    img = batch(2)["img"]
+    text = blocks(model, ClassText)[0]
+    moe = blocks(model, SparseMoE)[0]
+    out_a = detect_out(model, img)
+    probs_a = moe.last_routing[0]
+    original = text.embeddings.clone()
+    try:
+        text.embeddings.copy_(torch.randn(original.shape, generator=torch.Generator().manual_seed(7)))
+        out_b = detect_out(model, img)
+        probs_b = moe.last_routing[0]
+    finally:
+        text.embeddings.copy_(original)
+    assert (probs_a - probs_b).abs().max() > 1e-3
+    assert changed(out_a, out_b)
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_zeroing_a_stage_changes_the_output(model, stage):
+    """Replace one stage's contribution (its residual delta, or its output) by zeros: the detections change."""
+    img = batch(2)["img"]
+    ref = detect_out(model, img)
+    block = blocks(model, STAGES[stage])[0]
+    residual = isinstance(block, (AnisotropicDSConv, CBAM, SemanticDistill))  # output = input + contribution
+
+    def zero(m, inputs, output):
+        return inputs[0] if residual else torch.zeros_like(output)
+
+    handle = block.register_forward_hook(zero)
+    try:
+        out = detect_out(model, img)
+    finally:
+        handle.remove()
+    assert changed(out, ref)
+
+
+def test_fixed_routing_changes_the_output(model):
+    """Stage 7: replacing the router's choice by a fixed one changes the detections."""
+    img = batch(2)["img"]
+    ref = detect_out(model, img)
+    router = blocks(model, SparseMoE)[0].router
+    original = router.forward
+
+    def fixed(f, t):
+        probs, idx, gates, text = original(f, t)
+        idx = torch.arange(router.k).expand_as(idx)  # always the first k experts, equal weights
+        return probs, idx, torch.full_like(gates, 1 / router.k), text
+
+    router.forward = fixed
+    try:
+        out = detect_out(model, img)
+    finally:
+        del router.forward
+    assert changed(out, ref)
+
+
+def finite(tensors):
+    return all(torch.isfinite(t).all() for t in tensors)
+
+
+@pytest.mark.parametrize("kind", ["black+noise", "black+white", "noise", "huge"])
+def test_no_nan_or_inf_with_extreme_inputs_under_fp16_autocast(kind):
+    """Forward and backward stay finite under fp16 autocast for degenerate and out-of-range images.
+
+    'huge' (pixels of 1e4 where 0-1 is expected) runs in fp32: after the first convolution such values exceed fp16's
+    range (65504) in any detector. Not covered: a batch of identical uniform images (all black or all white). BatchNorm's batch variance is then ~0 in TinyViT's
+    stem and its fp16 backward overflows there (fp32 gradients stay below 100); AMP's GradScaler skips such a step.
+    """
+    model = build(ne=8, k=3)
+    img = {"black+noise": torch.stack([torch.zeros(3, 64, 64), torch.rand(3, 64, 64)]), "black+white": torch.stack([torch.zeros(3, 64, 64), torch.ones(3, 64, 64)]),
+           "huge": torch.full((2, 3, 64, 64), 1e4), "noise": torch.randn(2, 3, 64, 64) * 100}[kind]
+    b = batch(2, 64)
+    b["img"] = img
+    with torch.autocast("cpu", dtype=torch.float16, enabled=kind != "huge"):
+        loss, items = model.loss(b)
+    assert finite([loss, *items.values()])
+    loss.sum().backward()
+    assert finite([p.grad for p in model.parameters() if p.grad is not None])
+
+
+def test_hyperbolic_align_is_finite_at_the_boundary():
+    torch.manual_seed(0)
+    block = HyperbolicAlign([8, 16], n=6, nc=3)
+    f = torch.randn(2, 8, 4, 4, requires_grad=True)
+    t = torch.randn(2, 3, 16) * 1e4  # anchors pushed to the ball's boundary
+    out = block([f * 1e4, t])  # features far outside tanh's linear range
+    out.sum().backward()
+    assert finite([out, f.grad]) and out.shape == (2, 6 + 3, 4, 4)
+
+
+def test_manifold_switch_is_the_euclidean_ablation():
+    torch.manual_seed(0)
+    hyp = HyperbolicAlign([8, 16], n=6, nc=3)
+    euc = HyperbolicAlign([8, 16], n=6, nc=3, manifold="euclidean")
+    euc.load_state_dict(hyp.state_dict())
+    x = [torch.randn(2, 8, 4, 4), torch.randn(2, 3, 16)]
+    assert (hyp(x) - euc(x)).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="manifold"):
+        HyperbolicAlign([8, 16], manifold="lorentz")
+
+
+def test_encoder_and_text_are_model_state(model):
+    sd = model.state_dict()
+    text = blocks(model, ClassText)[0]
+    assert any(k.endswith("embeddings") and v.shape == (4, 1536) for k, v in sd.items())
+    torch.testing.assert_close(text.embeddings.norm(dim=1), torch.ones(4))  # placeholder unit vectors
+    assert isinstance(model.model[0], MobileSAMEncoder)
+    assert math.isclose(blocks(model, SparseMoE)[0].router.log_tau.exp().item(), 0.1, rel_tol=1e-6)  # eq. 20 init
