@@ -1,0 +1,174 @@
+"""Cost benchmark: params, GFLOPs and latency of DS-MoE configs beside YOLOv8, and the top-k sweep of the MoE.
+
+Run ``python -m ultralytics_dsmoe.costs`` (defaults: imgsz 640, batch 1, this machine's CPU). It prints the tables,
+checks the cost targets of the architecture issue, and writes ``costs.json`` and ``costs.md`` to ``--out``.
+
+FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on one forward pass, for every model alike. It counts
+matrix products and convolutions at the ATen level (2 FLOPs per multiply-add), including the ``einsum``/``bmm``
+that run the sparse experts. Ultralytics' own summary line uses thop, which counts nn.Module types and misses
+those, so it under-reports DS-MoE; it is not used here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from ultralytics.nn.tasks import DetectionModel, yaml_model_load
+
+from ultralytics_dsmoe.nn import (
+    CBAM,
+    AnisotropicDSConv,
+    ClassText,
+    ExpertEnsemble,
+    FeatureAggregate,
+    HyperbolicAlign,
+    MobileSAMEncoder,
+    SemanticDistill,
+    SpaceBroadcast,
+    SparseMoE,
+)
+
+TOPK = (1, 2, 4, 5, 8, 16, 32)
+YOLO = ("yolov8n", "yolov8s", "yolov8m")
+DSMOE = ("dsmoe-n", "dsmoe-s", "dsmoe-m", "dsmoe-p2-n") + tuple(f"dsmoe-ablation-{c}-n" for c in "abcde")
+STAGES = {  # cost breakdown rows: label -> block types
+    "Stage 3 MobileSAM encoder": (MobileSAMEncoder,),
+    "Stage 3-4 DSConv adapters + CBAM": (AnisotropicDSConv, CBAM),
+    "Stages 1-2 text": (ClassText, SemanticDistill),
+    "Stage 5 hyperbolic alignment": (HyperbolicAlign,),
+    "Stage 6 space broadcasting": (SpaceBroadcast,),
+    "Stages 7-8 router + sparse experts": (SparseMoE,),
+    "Stages 9-10 ensemble + aggregation": (ExpertEnsemble, FeatureAggregate),
+}
+
+
+def build(cfg: str | dict, nc: int = 4, topk: int | None = None) -> DetectionModel:
+    """A model from a config name or dict, with the SparseMoE top-k replaced when ``topk`` is given."""
+    d = yaml_model_load(cfg) if isinstance(cfg, str) else cfg
+    if topk is not None:
+        for row in d["backbone"] + d["head"]:
+            if row[2] == "SparseMoE":
+                row[3] = [row[3][0], row[3][1], topk]
+    return DetectionModel(d, nc=nc, verbose=False).eval()
+
+
+def count_flops(fn) -> tuple[float, dict]:
+    """GFLOPs of ``fn()`` in total and per module path."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        fn()
+    per_module = {name: sum(ops.values()) / 1e9 for name, ops in counter.get_flop_counts().items()}
+    return counter.get_total_flops() / 1e9, per_module
+
+
+def model_costs(model: DetectionModel, imgsz: int) -> dict:
+    """Params (M), total GFLOPs, and GFLOPs per paper stage (the rest is the YOLO neck and head)."""
+    total, per_module = count_flops(lambda: model(torch.zeros(1, 3, imgsz, imgsz)))
+    names = {m: f"DetectionModel.model.{i}" for i, m in enumerate(model.model)}
+    stages = {
+        label: sum(per_module.get(names[m], 0.0) for m in model.model if isinstance(m, types))
+        for label, types in STAGES.items()
+    }
+    stages["YOLO neck + head (stride-32 stage, PAN, Detect)"] = total - sum(stages.values())
+    return {"params_M": sum(p.numel() for p in model.parameters()) / 1e6, "gflops": total, "stages": stages}
+
+
+def latencies_ms(fns: dict, reps: int, warmup: int = 2) -> dict:
+    """Median latency in ms of each zero-argument callable, interleaved rep by rep so machine drift hits all alike."""
+    times = {key: [] for key in fns}
+    with torch.no_grad():
+        for i in range(warmup + reps):
+            for key, fn in fns.items():
+                t = time.perf_counter()
+                fn()
+                if i >= warmup:
+                    times[key].append((time.perf_counter() - t) * 1e3)
+    return {key: statistics.median(v) for key, v in times.items()}
+
+
+def moe_inputs(model: DetectionModel, imgsz: int) -> tuple[SparseMoE, list]:
+    """The model's SparseMoE block and the inputs it receives in a forward pass at ``imgsz``."""
+    moe = next(m for m in model.model if isinstance(m, SparseMoE))
+    seen = {}
+    handle = moe.register_forward_hook(lambda m, inputs, out: seen.update(x=inputs[0]))
+    with torch.no_grad():
+        model(torch.zeros(1, 3, imgsz, imgsz))
+    handle.remove()
+    return moe, seen["x"]
+
+
+def run(imgsz: int = 640, reps: int = 5, out: Path | None = None) -> dict:
+    torch.manual_seed(0)
+    results = {"settings": {"imgsz": imgsz, "batch": 1, "reps": reps, "device": f"CPU ({platform.processor() or platform.machine()}), "
+                            f"{torch.get_num_threads()} threads", "torch": torch.__version__}}
+    results["models"] = {name: model_costs(build(f"{name}.yaml"), imgsz) for name in YOLO + DSMOE}
+    x = torch.rand(1, 3, imgsz, imgsz)
+    models = {k: build("dsmoe-n.yaml", topk=k) for k in TOPK}
+    blocks = {k: moe_inputs(m, imgsz) for k, m in models.items()}
+    model_ms = latencies_ms({k: (lambda m=m: m(x)) for k, m in models.items()}, reps)
+    block_ms = latencies_ms({k: (lambda b=b: b[0](b[1])) for k, b in blocks.items()}, reps * 4)
+    sweep = {
+        k: {"moe_gflops": count_flops(lambda b=blocks[k]: b[0](b[1]))[0], "model_gflops": count_flops(lambda m=m: m(x))[0],
+            "moe_latency_ms": block_ms[k], "latency_ms": model_ms[k]}
+        for k, m in models.items()
+    }
+    results["topk"] = sweep
+    m = results["models"]
+    results["targets"] = {
+        "moe_flops_k5_over_k32": (sweep[5]["moe_gflops"] / sweep[32]["moe_gflops"], 0.25),
+        "latency_k5_over_k1": (sweep[5]["latency_ms"] / sweep[1]["latency_ms"], 1.15),
+        "dsmoe_n_gflops_over_yolov8s": (m["dsmoe-n"]["gflops"] / m["yolov8s"]["gflops"], 1.0),
+    }
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "costs.json").write_text(json.dumps(results, indent=2))
+        (out / "costs.md").write_text(markdown(results))
+    return results
+
+
+def markdown(r: dict) -> str:
+    s = r["settings"]
+    lines = [f"# Cost figures (imgsz {s['imgsz']}, batch {s['batch']}, {s['device']}, torch {s['torch']})", "",
+             "Generated by `python -m ultralytics_dsmoe.costs`. GFLOPs: `torch.utils.flop_counter.FlopCounterMode`, "
+             "one forward pass, nc = 4, the same counter for every model.", "",
+             "## Params and GFLOPs", "", "| model | params (M) | GFLOPs |", "|---|---:|---:|"]
+    lines += [f"| {name} | {v['params_M']:.2f} | {v['gflops']:.1f} |" for name, v in r["models"].items()]
+    lines += ["", "## Where dsmoe-n's GFLOPs go", "", "| part | GFLOPs | share |", "|---|---:|---:|"]
+    n = r["models"]["dsmoe-n"]
+    lines += [f"| {k} | {v:.2f} | {100 * v / n['gflops']:.0f}% |" for k, v in n["stages"].items()]
+    lines += ["", "## Top-k sweep, dsmoe-n, Ne = 32", "",
+              f"Latency: eager PyTorch, batch 1; median of {s['reps']} model forwards ({4 * s['reps']} for the block "
+              "alone) after 2 warm-up runs, the k settings interleaved.", "",
+              "| k | MoE GFLOPs | MoE vs k=32 | MoE latency (ms) | model GFLOPs | model latency (ms) | vs k=1 |",
+              "|---:|---:|---:|---:|---:|---:|---:|"]
+    t = r["topk"]
+    k32, k1 = t[32]["moe_gflops"] if 32 in t else t["32"]["moe_gflops"], (t[1] if 1 in t else t["1"])["latency_ms"]
+    for k, v in t.items():
+        lines.append(f"| {k} | {v['moe_gflops']:.3f} | {v['moe_gflops'] / k32:.2f}x | {v['moe_latency_ms']:.1f} | "
+                     f"{v['model_gflops']:.2f} | {v['latency_ms']:.0f} | {v['latency_ms'] / k1:.2f}x |")
+    lines += ["", "## Targets", "", "| target | measured | limit | met |", "|---|---:|---:|---|"]
+    lines += [f"| {k} | {v:.3f} | {lim} | {'yes' if v <= lim else 'no'} |" for k, (v, lim) in r["targets"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--imgsz", type=int, default=640)
+    p.add_argument("--reps", type=int, default=9)
+    p.add_argument("--out", type=Path, default=Path("benchmarks"))
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads (default: all cores)")
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    print(markdown(run(a.imgsz, a.reps, a.out)))
+
+
+if __name__ == "__main__":
+    main()
