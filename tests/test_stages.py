@@ -342,3 +342,23 @@ def test_encoder_and_text_are_model_state(model):
     torch.testing.assert_close(text.embeddings.norm(dim=1), torch.ones(4))  # placeholder unit vectors
     assert isinstance(model.model[0], MobileSAMEncoder)
     assert math.isclose(blocks(model, SparseMoE)[0].router.log_tau.exp().item(), 0.1, rel_tol=1e-6)  # eq. 20 init
+
+
+def test_routing_depends_on_the_image():
+    """Different images pick different experts (a router that sends every image to the same k collapses)."""
+    torch.manual_seed(0)
+    router = SparseMoE([32, 16], 32, ne=32, k=5).router.train()
+    g = torch.Generator().manual_seed(3)
+    f = torch.rand(8, 32, 6, 6, generator=g) + torch.rand(8, 32, 1, 1, generator=g)  # per-image content
+    t = torch.randn(1, 4, 16, generator=g).expand(8, -1, -1)  # the same class texts for every image
+    probs, idx, gates, text = router(f, t)
+    assert len({tuple(sorted(row.tolist())) for row in idx}) > 1
+    keys = torch.nn.functional.normalize(router.psi(text[0]), dim=-1)
+    assert (keys @ keys.T - torch.eye(32)).abs().max() < 0.95  # expert keys are not all alike
+
+
+def test_router_trains_on_a_batch_of_one():
+    """The last batch of an epoch may hold one image: batch statistics do not exist, running ones are used."""
+    moe = SparseMoE([16, 8], 16, ne=4, k=2).train()
+    out = moe([torch.randn(1, 16, 5, 5), torch.randn(1, 2, 8)])
+    assert out.shape == (1, 16, 5, 5) and torch.isfinite(out).all()
