@@ -33,13 +33,15 @@ class ExpertRouter(nn.Module):
     prompts for any nc (changing the prompts changes routing). Similarities are cosine: with tau = 0.1, raw dot
     products of unnormalised 128-d vectors would saturate the softmax at initialisation.
 
-    Two additions make routing depend on the image, measured on the synthetic set (10 epochs at 128 px): with GAP
-    alone and queries at 1/16 of the texts' scale, all validation images went to the same 5 of 32 experts (router
-    probabilities nearly flat; the Switch loss read ~1.0, "balanced", and could not see the collapse). (1) The
-    descriptor is GAP concatenated with global max pooling: GAP is dominated by the background every image shares,
-    while GMP keeps the strongest local response (a small defect); ``BN`` (no affine; batch statistics in training,
-    running statistics otherwise) standardises it across images. (2) Expert queries start at the scale of the
-    LayerNorm'd texts, so each expert's key differs from the others and not only through the class mixture.
+    Two additions make routing depend on the image. (1) The descriptor is GAP concatenated with global max pooling:
+    GAP is dominated by the background every image shares, while GMP keeps the strongest local response (a small
+    defect); ``BN`` (no affine; batch statistics in training, running statistics otherwise) standardises it across
+    images. (2) Expert queries start at the scale of the LayerNorm'd texts, so expert keys differ from each other and
+    not only through the class mixture (before: pairwise key cosine 0.997). Measured on the synthetic set (dsmoe-n,
+    10 epochs, 128 px, random-init encoder, k = 5): the 32 validation images used 5 of 32 experts before these
+    changes and 8 after, with the balance loss at 0.01 (5 without it). Such images share one texture, so per-image
+    routing varies little; on augmented training batches (6 epochs) 17 experts were used with the balance loss
+    and 11 without.
 
     Args:
         c: visual channels of F_b.
@@ -108,7 +110,7 @@ class SparseMoE(TransientState):
 
     A Switch-Transformer load-balancing loss, ``Ne * sum_e f_e P_e`` (f_e: share of the B*k routing slots sent to
     expert e, P_e: mean router probability), is kept in ``aux_loss`` after each forward (not while tracing). The paper
-    has none; without it sparse routers collapse onto a few experts.
+    has none; without it sparse routers collapse onto a few experts (``ExpertRouter`` gives measured usage).
 
     Args:
         c1: [channels c of F_b, text width d].
