@@ -10,6 +10,8 @@ Everything the plugin changes in Ultralytics is installed by ``install()`` below
    ``DetectionModel.init_criterion`` (so the EMA copy used for validation gets it too), and models with MoE or
    aggregation blocks get their auxiliary losses added (``ultralytics_dsmoe.loss.AuxLosses``).
 4. Offline: the font check and the AMP check never touch the network when Ultralytics is offline.
+5. Text: ``DetectionTrainer.set_model_attributes`` also fills the model's class-text buffers from the dataset
+   (``ultralytics_dsmoe.text.fill_text``), before the EMA copy, DDP wrapping and the optimizer are made.
 
 Each patch is idempotent, refuses to overwrite a name it does not own, and raises ``PatchError`` naming the
 installed Ultralytics version when the code it patches no longer has the expected shape.
@@ -243,6 +245,22 @@ def _init_criterion(original):
     return init_criterion
 
 
+def _set_model_attributes(original):
+    def set_model_attributes(self):
+        original(self)
+        from ultralytics.utils.torch_utils import unwrap_model
+
+        from ultralytics_dsmoe.text import fill_text  # lazy: only training needs text embeddings
+
+        fill_text(unwrap_model(self.model), self.data["names"], self.data.get("prompts"))
+
+    return set_model_attributes
+
+
+def _patch_detection_trainer(module) -> None:
+    patch_function(module.DetectionTrainer, "set_model_attributes", _set_model_attributes, ("self",))
+
+
 def is_offline() -> bool:
     from ultralytics import utils
 
@@ -299,3 +317,9 @@ def install() -> None:
     patch_function(checks, "check_font", _check_font, ("font",))
     patch_function(checks, "check_amp", _check_amp, ("model",))
     patch_function(tasks.DetectionModel, "init_criterion", _init_criterion, ("self",))  # class level: EMA copy too
+    # Text embeddings: filled once the dataset's names are known, before EMA, DDP and the optimizer exist. The trainer
+    # module imports ultralytics.models, which cannot be imported while ultralytics.nn is still loading: patch it
+    # when it has been imported.
+    import ultralytics_dsmoe_hook
+
+    ultralytics_dsmoe_hook.when_imported("ultralytics.models.yolo.detect.train", _patch_detection_trainer)

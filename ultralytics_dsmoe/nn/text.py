@@ -35,9 +35,28 @@ class ClassText(nn.Module):
     def __init__(self, c1: int, d: int = 256, nc: int = 80, d_t: int = 1536):
         super().__init__()
         self.register_buffer("embeddings", placeholder_embeddings(nc, d_t))
+        self.text_source = None  # {"encoder", "prompts", "names"} once filled from a dataset
         self.proj = nn.Sequential(nn.Linear(d_t, d), nn.LayerNorm(d))  # unit scale whatever the LLM's scale
         self.register_buffer("sinusoids", sinusoids(nc, d), persistent=False)  # (nc, d), recomputed from nc
         self.pos = nn.Linear(d, d)
+
+    def set_text(self, embeddings: torch.Tensor, source: dict) -> None:
+        """Fill the buffer with (nc, d) prompt embeddings and record where they came from (saved in checkpoints).
+
+        Encoders narrower than ``d_t`` (e.g. MiniLM, 384) are zero-padded, which leaves ``proj`` acting on their
+        dimensions only; wider ones need the YAML row's ``d_t`` set to their width.
+        """
+        nc, d_t = self.embeddings.shape
+        if embeddings.ndim != 2 or embeddings.shape[0] != nc:
+            raise ValueError(f"ClassText expects ({nc}, <= {d_t}) embeddings, got {tuple(embeddings.shape)}")
+        if embeddings.shape[1] > d_t:
+            raise ValueError(
+                f"Text encoder '{source.get('encoder')}' gives {embeddings.shape[1]}-d embeddings but ClassText holds "
+                f"{d_t}: set the ClassText row's d_t (third argument) in the model yaml to {embeddings.shape[1]}."
+            )
+        with torch.no_grad():
+            self.embeddings.zero_()[:, : embeddings.shape[1]] = embeddings.to(self.embeddings)
+        self.text_source = dict(source)
 
     def text(self) -> torch.Tensor:
         """(nc, d) text tokens T of eq. 1."""

@@ -1,0 +1,70 @@
+"""Stage 1 text semantics: class prompts -> frozen-encoder embeddings -> the model's ``ClassText`` buffers.
+
+``fill_text(model, names, data_prompts)`` is called by the trainer seam (``register._set_model_attributes``) once the
+dataset's class names are known, before the EMA copy, DDP wrapping and the optimizer exist. It resolves one prompt per
+class, loads embeddings from the cache or computes them with the encoder the model yaml names (``text_model``,
+``text_pooling``), and writes them into every ``ClassText`` together with their provenance (``text_source``: encoder
+id, prompts, class names), which checkpoints carry: ``yolo val``/``predict`` on a checkpoint need no text model.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ultralytics.utils import LOGGER
+
+from .cache import load_cached, save_cached
+from .encoders import DEFAULT_LLM, TextModelUnavailable, load_encoder
+from .prompts import resolve_prompts
+
+__all__ = ("DEFAULT_LLM", "TextModelUnavailable", "embed_prompts", "fill_text", "resolve_prompts")
+
+
+def embed_prompts(prompts: list[str], text_model: str = "auto", pooling: str = "mean") -> tuple[str, torch.Tensor]:
+    """(encoder id, (n, d) embeddings) for ``prompts``, from the cache when possible (no model is loaded then)."""
+    encoder = load_encoder(text_model, pooling)
+    cached = load_cached(encoder.id, prompts)
+    if cached is not None:
+        LOGGER.info(f"DS-MoE text: {len(prompts)} prompt embeddings from the cache ({encoder.id}).")
+        return encoder.id, cached
+    LOGGER.info(f"DS-MoE text: embedding {len(prompts)} class prompts with {encoder.id}...")
+    embeddings = encoder.encode(prompts)
+    save_cached(encoder.id, prompts, embeddings)
+    return encoder.id, embeddings
+
+
+def fill_text(model: torch.nn.Module, names: dict | list, data_prompts=None) -> None:
+    """Fill the model's ``ClassText`` buffers for these class names; reuse them only when names and prompts match."""
+    from ultralytics_dsmoe.nn import ClassText
+
+    blocks = [m for m in model.modules() if isinstance(m, ClassText)]
+    if not blocks:
+        return
+    cfg = model.yaml if isinstance(getattr(model, "yaml", None), dict) else {}
+    spec, pooling = str(cfg.get("text_model", "auto")), str(cfg.get("text_pooling", "mean"))
+    names = [names[i] for i in sorted(names)] if isinstance(names, dict) else list(names)
+    prompts = resolve_prompts(names, data_prompts)
+    for block in blocks:
+        if len(names) != block.embeddings.shape[0]:
+            raise ValueError(f"ClassText holds {block.embeddings.shape[0]} classes but the data has {len(names)}: {names}")
+    if all(reusable(b.text_source, names, prompts, spec) for b in blocks):
+        LOGGER.info(f"DS-MoE text: reusing the checkpoint's embeddings ({blocks[0].text_source['encoder']}).")
+        return
+    from ultralytics.utils.torch_utils import torch_distributed_zero_first
+    from ultralytics.utils import RANK
+
+    with torch_distributed_zero_first(RANK):  # rank 0 embeds and caches first; the other ranks then read the cache
+        encoder_id, embeddings = embed_prompts(prompts, spec, pooling)
+    for block in blocks:
+        block.set_text(embeddings, {"encoder": encoder_id, "prompts": prompts, "names": names})
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.broadcast(block.embeddings, src=0)  # identical on every rank, bit for bit
+
+
+def reusable(source: dict | None, names: list, prompts: list, spec: str) -> bool:
+    """Whether embeddings recorded as ``source`` are the right ones for these classes under ``text_model: spec``."""
+    if not source or source.get("names") != names or source.get("prompts") != prompts:
+        return False
+    return spec.lower() == "auto" or source["encoder"].lower().startswith(
+        "all-minilm" if spec.lower() == "minilm" else spec.lower()
+    )

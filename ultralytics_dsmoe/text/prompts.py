@@ -1,0 +1,41 @@
+"""Class prompts: from the data yaml, else the shipped bank (cfg/prompts.yaml), else a template from the class name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+TEMPLATE = "a photo of a {name} defect on an industrial surface"
+
+
+def prompt_bank(file: Path | None = None) -> dict[str, str]:
+    """The shipped class -> prompt mapping, keys lower-cased."""
+    from ultralytics_dsmoe.register import CFG_DIR
+
+    bank = yaml.safe_load((file or CFG_DIR / "prompts.yaml").read_text()) or {}
+    return {str(k).lower(): str(v) for k, v in bank.items()}
+
+
+def resolve_prompts(names: dict | list, data_prompts: dict | list | None = None) -> list[str]:
+    """One prompt per class, in class-index order.
+
+    Args:
+        names: the dataset's ``names`` (dict index -> name, or list).
+        data_prompts: the dataset yaml's optional ``prompts:``: a mapping keyed by class name or index, or a list in
+            class order. Entries it lacks fall back to the bank, then to ``TEMPLATE``.
+    """
+    names = [names[i] for i in sorted(names)] if isinstance(names, dict) else list(names)
+    if isinstance(data_prompts, (list, tuple)):
+        if len(data_prompts) != len(names):
+            raise ValueError(f"The data yaml lists {len(data_prompts)} prompts for {len(names)} classes {names}.")
+        data_prompts = dict(enumerate(data_prompts))
+    given = data_prompts or {}
+    bank = prompt_bank()
+    prompts = []
+    for i, name in enumerate(names):
+        prompt = given.get(name, given.get(i, given.get(str(i))))
+        if prompt is None:
+            prompt = bank.get(str(name).lower(), TEMPLATE.format(name=str(name).replace("_", " ")))
+        prompts.append(str(prompt))
+    return prompts
