@@ -81,8 +81,18 @@ def test_yolo_cli_train_offline(sandbox):
     with open(run_dir / "results.csv") as f:
         header = [h.strip() for h in next(csv.reader(f))]
     assert {"train/box_loss", "train/cls_loss", "train/dfl_loss", "val/cls_loss"} <= set(header)
+    assert {f"{s}/{k}" for s in ("train", "val") for k in ("moe_loss", "align_loss")} <= set(header)
     assert "Assuming scale" not in out
+    assert "using the embedded offline encoder all-MiniLM-L6-v2" in out  # text_model=auto says what it used
     assert not log.exists(), f"network attempts:\n{log.read_text()}"
+    # best.pt carries the prompts, encoder id and embeddings: loading it needs no text model
+    code = ("import sys; from ultralytics import YOLO; from ultralytics_dsmoe.nn import ClassText; "
+            f"m = YOLO({str(run_dir / 'weights' / 'best.pt')!r}).model; "
+            "t = next(x for x in m.modules() if isinstance(x, ClassText)); "
+            "print(t.text_source['encoder'], t.text_source['names'], 'transformers' in sys.modules)")
+    r = run_python(code, root / "work", env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == "all-MiniLM-L6-v2|mean|l2 ['pinhole', 'scratch', 'stain', 'crease'] False"
 
 
 def test_ddp_worker_script_loads_plugin(sandbox):

@@ -1,0 +1,221 @@
+"""Stage 1 text: prompt resolution, the LLM path (a tiny random Qwen2), MiniLM, the cache, model state, offline."""
+
+import copy
+import pickle
+import time
+
+import pytest
+import torch
+
+from conftest import REPO, run_python
+from ultralytics.nn.tasks import DetectionModel
+from ultralytics_dsmoe import text
+from ultralytics_dsmoe.nn import ClassText
+from ultralytics_dsmoe.text import cache, encoders
+from ultralytics_dsmoe.text.encoders import TextEncoder, TextModelUnavailable, load_encoder
+from ultralytics_dsmoe.text.prompts import TEMPLATE, resolve_prompts
+
+NAMES = {0: "zhen_kong", 1: "ca_shang", 2: "zang_wu", 3: "zhe_zhou"}
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen(tmp_path_factory):
+    """A random 2-layer Qwen2 and a byte-level Qwen2 tokenizer saved like a hub model (the DeepSeek-R1-Distill-Qwen
+    architecture and AutoModel path, 0.4 MB)."""
+    from transformers import Qwen2Config, Qwen2Model, Qwen2Tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-qwen2")
+    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    symbols = [chr(b) for b in printable] + [chr(256 + i) for i in range(256 - len(printable))]  # GPT-2 byte map
+    vocab = {s: i for i, s in enumerate(symbols)} | {"<|endoftext|>": 256}
+    eos = "<|endoftext|>"
+    Qwen2Tokenizer(vocab=vocab, merges=[], unk_token=eos, pad_token=eos, eos_token=eos).save_pretrained(folder)
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=257, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2)
+    Qwen2Model(config).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(cache, "cache_dir", lambda: tmp_path / "text-cache")
+
+
+def count_encodes(monkeypatch):
+    calls = []
+    original = TextEncoder.encode
+    monkeypatch.setattr(TextEncoder, "encode", lambda self, p: calls.append(list(p)) or original(self, p))
+    return calls
+
+
+# --------------------------------------------------------------------------------------------------------- prompts
+
+
+def test_prompt_order_data_yaml_then_bank_then_template():
+    assert resolve_prompts(NAMES)[0].startswith("a pinhole")  # shipped bank, by class name
+    got = resolve_prompts({0: "zhen_kong", 1: "burr"}, {"zhen_kong": "custom pinhole"})
+    assert got == ["custom pinhole", TEMPLATE.format(name="burr")]
+    assert resolve_prompts(["a", "b"], {1: "by index"})[1] == "by index"
+    assert resolve_prompts(["a", "b"], ["first", "second"]) == ["first", "second"]
+    with pytest.raises(ValueError, match="2 classes"):
+        resolve_prompts(["a", "b"], ["only one"])
+
+
+# -------------------------------------------------------------------------------------------------------- encoders
+
+
+def test_llm_path_embeds_with_mean_or_last_pooling(tiny_qwen):
+    prompts = ["a scratch", "a pinhole in aluminum foil"]
+    mean = TextEncoder(tiny_qwen, "mean").encode(prompts)
+    last = TextEncoder(tiny_qwen, "last").encode(prompts)
+    assert mean.shape == last.shape == (2, 64) and mean.dtype == torch.float32
+    assert not torch.allclose(mean, last)
+    alone = TextEncoder(tiny_qwen, "mean").encode(prompts[:1])  # padding in a batch does not change an embedding
+    torch.testing.assert_close(alone[0], mean[0], atol=1e-5, rtol=1e-5)
+    assert TextEncoder(tiny_qwen).id != TextEncoder(tiny_qwen, "last").id  # the recipe keys the cache
+
+
+def test_embedded_minilm_is_deterministic_and_normalised():
+    enc = load_encoder("minilm")
+    a, b = enc.encode(["a scratch", "a stain"]), enc.encode(["a scratch", "a stain"])
+    assert a.shape == (2, 384)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.testing.assert_close(a.norm(dim=1), torch.ones(2))
+    assert (a[0] - a[1]).abs().max() > 0.01
+
+
+def test_auto_uses_minilm_offline_and_says_so(caplog):
+    assert encoders.offline()  # the plugin sets YOLO_OFFLINE=1 by default
+    enc = load_encoder("auto")
+    assert enc.id.startswith("all-MiniLM-L6-v2")
+
+
+def test_hub_model_offline_fails_fast_naming_the_fixes():
+    enc = load_encoder("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B")  # constructing loads nothing
+    start = time.perf_counter()
+    with pytest.raises(TextModelUnavailable, match="local folder.*Hugging Face cache.*minilm"):
+        enc.encode(["a scratch"])
+    assert time.perf_counter() - start < 10  # no 40-second hub retry loop
+
+
+# ----------------------------------------------------------------------------------------------------------- cache
+
+
+def test_cache_hit_miss_and_no_llm_import_on_a_hit(tiny_qwen, monkeypatch, tmp_path):
+    calls = count_encodes(monkeypatch)
+    prompts = ["a scratch", "a stain"]
+    id1, e1 = text.embed_prompts(prompts, tiny_qwen)
+    id2, e2 = text.embed_prompts(prompts, tiny_qwen)
+    assert len(calls) == 1 and id1 == id2
+    torch.testing.assert_close(e1, e2)
+    text.embed_prompts(["a scratch", "a crease"], tiny_qwen)  # other prompts: miss
+    text.embed_prompts(prompts, tiny_qwen, pooling="last")  # other recipe: miss
+    assert len(calls) == 3
+    # A fresh process finds the entry without importing transformers (no model is built on a hit).
+    code = (f"import sys; from ultralytics_dsmoe.text import cache, embed_prompts; "
+            f"cache.cache_dir = lambda: __import__('pathlib').Path({str(tmp_path / 'text-cache')!r}); "
+            f"embed_prompts({prompts!r}, {tiny_qwen!r}); print('transformers' in sys.modules)")
+    r = run_python(code, REPO)
+    assert r.returncode == 0 and r.stdout.strip().splitlines()[-1] == "False", r.stderr[-2000:]
+
+
+# ----------------------------------------------------------------------------------------------------- model state
+
+
+def model_with(tiny_qwen, **yaml):
+    from ultralytics.nn.tasks import yaml_model_load
+
+    d = yaml_model_load("dsmoe-n.yaml")
+    d.update(text_model=tiny_qwen, **yaml)
+    torch.manual_seed(0)
+    return DetectionModel(d, nc=4, verbose=False).eval()
+
+
+def class_text(model):
+    return next(m for m in model.modules() if isinstance(m, ClassText))
+
+
+def test_fill_records_provenance_and_pads_narrow_encoders(tiny_qwen):
+    model = model_with(tiny_qwen)
+    text.fill_text(model, NAMES)
+    ct = class_text(model)
+    assert ct.text_source["names"] == list(NAMES.values()) and ct.text_source["encoder"].startswith(tiny_qwen)
+    assert ct.text_source["prompts"] == resolve_prompts(NAMES)
+    expected = TextEncoder(tiny_qwen).encode(resolve_prompts(NAMES))
+    torch.testing.assert_close(ct.embeddings[:, :64], expected)
+    assert ct.embeddings[:, 64:].abs().sum() == 0  # 64-d encoder zero-padded into the 1536-d buffer
+    with pytest.raises(ValueError, match="set the ClassText row's d_t"):
+        ct.set_text(torch.zeros(4, 2048), {"encoder": "wide"})
+    with pytest.raises(ValueError, match="4 classes but the data has 3"):
+        text.fill_text(model, ["a", "b", "c"])
+
+
+def test_class_name_changes_re_embed_and_same_names_reuse(tiny_qwen, monkeypatch):
+    calls = count_encodes(monkeypatch)
+    model = model_with(tiny_qwen)
+    text.fill_text(model, NAMES)
+    monkeypatch.setattr(cache, "load_cached", lambda *a: None)  # count real encodes only
+    text.fill_text(model, NAMES)  # same names and prompts: the recorded embeddings are reused
+    assert len(calls) == 1
+    swapped = {0: "ca_shang", 1: "zhen_kong", 2: "zang_wu", 3: "zhe_zhou"}  # same classes, other order
+    before = class_text(model).embeddings.clone()
+    text.fill_text(model, swapped)
+    assert len(calls) == 2 and class_text(model).text_source["names"] == list(swapped.values())
+    torch.testing.assert_close(class_text(model).embeddings[0], before[1])  # rows follow the class order
+    text.fill_text(model, swapped, {"ca_shang": "an edited prompt"})  # edited prompt: re-embedded too
+    assert len(calls) == 3
+
+
+def test_checkpoint_round_trip_keeps_text_and_predictions(tiny_qwen):
+    model = model_with(tiny_qwen)
+    text.fill_text(model, NAMES)
+    restored = pickle.loads(pickle.dumps(copy.deepcopy(model)))  # what best.pt stores (a pickled module)
+    assert class_text(restored).text_source == class_text(model).text_source
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(restored(x)[0], model(x)[0])
+
+
+DDP_WORKER = r'''
+import os, sys
+
+def worker(rank, cache_root, out):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT="29533")
+    import torch, torch.distributed as dist
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    from pathlib import Path
+    from ultralytics.nn.tasks import DetectionModel, yaml_model_load
+    from ultralytics_dsmoe import text
+    from ultralytics_dsmoe.nn import ClassText
+    from ultralytics_dsmoe.text import cache
+    from ultralytics_dsmoe.text.encoders import TextEncoder
+    cache.cache_dir = lambda: Path(cache_root) / f"rank{rank}"  # no shared cache: every rank embeds by itself
+    if rank == 1:  # and rank 1's encoder disagrees: only the broadcast can make the ranks equal
+        encode = TextEncoder.encode
+        TextEncoder.encode = lambda self, p: encode(self, p) + 1.0
+    d = yaml_model_load("dsmoe-n.yaml"); d["text_model"] = "minilm"
+    model = DetectionModel(d, nc=4, verbose=False)
+    text.fill_text(model, ["pinhole", "scratch", "stain", "crease"])
+    ct = next(m for m in model.modules() if isinstance(m, ClassText))
+    torch.save(ct.embeddings, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+if __name__ == "__main__":
+    import torch.multiprocessing as mp
+    mp.spawn(worker, args=(sys.argv[1], sys.argv[2]), nprocs=2)
+'''
+
+
+def test_ddp_ranks_get_identical_embeddings(tmp_path):
+    from conftest import run
+
+    import sys
+
+    script = tmp_path / "ddp_text.py"
+    script.write_text(DDP_WORKER)
+    r = run([sys.executable, str(script), str(tmp_path / "cache"), str(tmp_path)], REPO)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    e0, e1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    torch.testing.assert_close(e0, e1, rtol=0, atol=0)
+    assert e0[:, :384].abs().sum() > 0
