@@ -219,3 +219,35 @@ def test_ddp_ranks_get_identical_embeddings(tmp_path):
     e0, e1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     torch.testing.assert_close(e0, e1, rtol=0, atol=0)
     assert e0[:, :384].abs().sum() > 0
+
+
+def test_prompt_generator_writes_an_editable_file_the_data_yaml_can_use(tiny_qwen, tmp_path):
+    """The distilled-prompt command runs a causal LM (the tiny Qwen2 with a LM head) and writes a prompts file."""
+    import yaml
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from ultralytics_dsmoe.text import generate
+
+    lm = tmp_path / "tiny-lm"
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(Qwen2Config(vocab_size=257, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2)).save_pretrained(lm)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        (lm / f).write_bytes((__import__("pathlib").Path(tiny_qwen) / f).read_bytes())
+    data = tmp_path / "data.yaml"
+    data.write_text("names: {0: zhen_kong, 1: burr}\n")
+    out = tmp_path / "prompts.yaml"
+    generate.main(["--data", str(data), "--model", str(lm), "--out", str(out), "--max-new-tokens", "6"])
+    written = yaml.safe_load(out.read_text())
+    assert list(written) == ["zhen_kong", "burr"] and all(isinstance(v, str) and v for v in written.values())
+    assert out.read_text().startswith(f"# Class prompts written by {lm}")
+    assert resolve_prompts(["zhen_kong", "burr"], "prompts.yaml", root=tmp_path) == list(written.values())
+    with pytest.raises(FileNotFoundError, match="prompts file"):
+        resolve_prompts(["a"], "missing.yaml", root=tmp_path)
+
+
+def test_generated_answers_drop_r1_thinking_and_keep_one_sentence():
+    from ultralytics_dsmoe.text.generate import answer
+
+    assert answer("<think>pinholes are small...</think>\n A tiny dark dot. It may be round.") == "A tiny dark dot."
+    assert answer("   ") == ""

@@ -252,7 +252,9 @@ def _set_model_attributes(original):
 
         from ultralytics_dsmoe.text import fill_text  # lazy: only training needs text embeddings
 
-        fill_text(unwrap_model(self.model), self.data["names"], self.data.get("prompts"))
+        yaml_file = self.data.get("yaml_file")
+        root = Path(yaml_file).parent if yaml_file else None  # a `prompts:` file is relative to the data yaml
+        fill_text(unwrap_model(self.model), self.data["names"], self.data.get("prompts"), root)
 
     return set_model_attributes
 

@@ -33,7 +33,7 @@ def embed_prompts(prompts: list[str], text_model: str = "auto", pooling: str = "
     return encoder.id, embeddings
 
 
-def fill_text(model: torch.nn.Module, names: dict | list, data_prompts=None) -> None:
+def fill_text(model: torch.nn.Module, names: dict | list, data_prompts=None, root=None) -> None:
     """Fill the model's ``ClassText`` buffers for these class names; reuse them only when names and prompts match."""
     from ultralytics_dsmoe.nn import ClassText
 
@@ -43,7 +43,7 @@ def fill_text(model: torch.nn.Module, names: dict | list, data_prompts=None) -> 
     cfg = model.yaml if isinstance(getattr(model, "yaml", None), dict) else {}
     spec, pooling = str(cfg.get("text_model", "auto")), str(cfg.get("text_pooling", "mean"))
     names = [names[i] for i in sorted(names)] if isinstance(names, dict) else list(names)
-    prompts = resolve_prompts(names, data_prompts)
+    prompts = resolve_prompts(names, data_prompts, root)
     for block in blocks:
         if len(names) != block.embeddings.shape[0]:
             raise ValueError(f"ClassText holds {block.embeddings.shape[0]} classes but the data has {len(names)}: {names}")

@@ -17,15 +17,23 @@ def prompt_bank(file: Path | None = None) -> dict[str, str]:
     return {str(k).lower(): str(v) for k, v in bank.items()}
 
 
-def resolve_prompts(names: dict | list, data_prompts: dict | list | None = None) -> list[str]:
+def resolve_prompts(names: dict | list, data_prompts: dict | list | str | None = None, root: Path | None = None) -> list[str]:
     """One prompt per class, in class-index order.
 
     Args:
         names: the dataset's ``names`` (dict index -> name, or list).
-        data_prompts: the dataset yaml's optional ``prompts:``: a mapping keyed by class name or index, or a list in
-            class order. Entries it lacks fall back to the bank, then to ``TEMPLATE``.
+        data_prompts: the dataset yaml's optional ``prompts:``: a mapping keyed by class name or index, a list in
+            class order, or the path of a yaml file holding such a mapping (relative paths: to ``root``, the data
+            yaml's folder). Entries it lacks fall back to the bank, then to ``TEMPLATE``.
+        root: folder that relative prompt-file paths are resolved against.
     """
     names = [names[i] for i in sorted(names)] if isinstance(names, dict) else list(names)
+    if isinstance(data_prompts, (str, Path)):
+        file = Path(data_prompts)
+        file = file if file.is_absolute() or root is None else Path(root) / file
+        if not file.is_file():
+            raise FileNotFoundError(f"The data yaml's prompts file '{file}' does not exist.")
+        data_prompts = yaml.safe_load(file.read_text()) or {}
     if isinstance(data_prompts, (list, tuple)):
         if len(data_prompts) != len(names):
             raise ValueError(f"The data yaml lists {len(data_prompts)} prompts for {len(names)} classes {names}.")
