@@ -155,7 +155,7 @@ def test_class_name_changes_re_embed_and_same_names_reuse(tiny_qwen, monkeypatch
     calls = count_encodes(monkeypatch)
     model = model_with(tiny_qwen)
     text.fill_text(model, NAMES)
-    monkeypatch.setattr(cache, "load_cached", lambda *a: None)  # count real encodes only
+    monkeypatch.setattr(text, "load_cached", lambda *a: None)  # count real encodes only
     text.fill_text(model, NAMES)  # same names and prompts: the recorded embeddings are reused
     assert len(calls) == 1
     swapped = {0: "ca_shang", 1: "zhen_kong", 2: "zang_wu", 3: "zhe_zhou"}  # same classes, other order
@@ -251,3 +251,27 @@ def test_generated_answers_drop_r1_thinking_and_keep_one_sentence():
 
     assert answer("<think>pinholes are small...</think>\n A tiny dark dot. It may be round.") == "A tiny dark dot."
     assert answer("   ") == ""
+
+
+def test_fine_tuning_from_a_checkpoint_reuses_its_embeddings_only_for_the_same_classes(tiny_qwen, monkeypatch):
+    """`yolo train model=best.pt` rebuilds the model from the checkpoint's yaml and copies its weights."""
+    trained = model_with(tiny_qwen)
+    text.fill_text(trained, NAMES)
+    calls = count_encodes(monkeypatch)
+    monkeypatch.setattr(text, "load_cached", lambda *a: None)
+
+    def rebuilt():
+        model = DetectionModel(copy.deepcopy(trained.yaml), nc=4, verbose=False)
+        model.load_state_dict(trained.state_dict())
+        return model
+
+    model = rebuilt()
+    assert class_text(model).text_source is None  # attributes do not travel with a state dict
+    text.fill_text(model, NAMES)
+    assert calls == [] and class_text(model).text_source["names"] == list(NAMES.values())
+    torch.testing.assert_close(class_text(model).embeddings, class_text(trained).embeddings)
+    text.fill_text(rebuilt(), ["ca_shang", "zhen_kong", "zang_wu", "zhe_zhou"])  # other order: re-embedded
+    assert len(calls) == 1
+    fresh = DetectionModel(copy.deepcopy(trained.yaml), nc=4, verbose=False)  # the yaml record, no weights
+    text.fill_text(fresh, NAMES)
+    assert len(calls) == 2  # placeholder vectors are never taken for the recorded embeddings

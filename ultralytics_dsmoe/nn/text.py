@@ -58,6 +58,10 @@ class ClassText(nn.Module):
             self.embeddings.zero_()[:, : embeddings.shape[1]] = embeddings.to(self.embeddings)
         self.text_source = dict(source)
 
+    def is_placeholder(self) -> bool:
+        """Whether the buffer still holds the build-time placeholder vectors."""
+        return torch.equal(self.embeddings.float().cpu(), placeholder_embeddings(*self.embeddings.shape))
+
     def text(self) -> torch.Tensor:
         """(nc, d) text tokens T of eq. 1."""
         return self.proj(self.embeddings) + self.pos(self.sinusoids)

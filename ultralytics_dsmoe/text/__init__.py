@@ -47,16 +47,25 @@ def fill_text(model: torch.nn.Module, names: dict | list, data_prompts=None, roo
     for block in blocks:
         if len(names) != block.embeddings.shape[0]:
             raise ValueError(f"ClassText holds {block.embeddings.shape[0]} classes but the data has {len(names)}: {names}")
-    if all(reusable(b.text_source, names, prompts, spec) for b in blocks):
-        LOGGER.info(f"DS-MoE text: reusing the checkpoint's embeddings ({blocks[0].text_source['encoder']}).")
+    # Provenance: the block's own record, or the model yaml's when a checkpoint's weights were copied into a model
+    # rebuilt from its yaml (fine-tuning from best.pt); a yaml record alone does not vouch for placeholder vectors.
+    recorded = cfg.get("text_source")
+    sources = [b.text_source or (recorded if not b.is_placeholder() else None) for b in blocks]
+    if all(reusable(source, names, prompts, spec) for source in sources):
+        LOGGER.info(f"DS-MoE text: reusing the checkpoint's embeddings ({sources[0]['encoder']}).")
+        for block, source in zip(blocks, sources):
+            block.text_source = dict(source)
         return
     from ultralytics.utils.torch_utils import torch_distributed_zero_first
     from ultralytics.utils import RANK
 
     with torch_distributed_zero_first(RANK):  # rank 0 embeds and caches first; the other ranks then read the cache
         encoder_id, embeddings = embed_prompts(prompts, spec, pooling)
+    source = {"encoder": encoder_id, "prompts": prompts, "names": names}
+    if isinstance(getattr(model, "yaml", None), dict):
+        model.yaml["text_source"] = source  # saved with the checkpoint's yaml
     for block in blocks:
-        block.set_text(embeddings, {"encoder": encoder_id, "prompts": prompts, "names": names})
+        block.set_text(embeddings, source)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.broadcast(block.embeddings, src=0)  # identical on every rank, bit for bit
 
