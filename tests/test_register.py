@@ -137,3 +137,14 @@ def test_path_like_string_args_pass_through(monkeypatch):
     with pytest.raises(Exception):  # the stubbed encoder cannot run the stride probe; parsing got past the args
         DetectionModel(d, nc=2, verbose=False)
     assert seen["w"] == "/abs/path/mobile_sam.pt"
+
+
+def test_unknown_block_name_gets_a_clear_error():
+    d = yaml_model_load("dsmoe.yaml")
+    row = next(i for i, r in enumerate(d["backbone"]) if r[2] == "SparseMoE")
+    d["backbone"][row][2] = "SparseMOE"
+    with pytest.raises(KeyError) as e:  # still a KeyError for code that catches one
+        DetectionModel(d, nc=2, verbose=False)
+    msg = str(e.value)
+    assert f"Unknown block 'SparseMOE' in row {row}" in msg and "Did you mean SparseMoE?" in msg
+    assert "DS-MoE blocks: MobileSAMEncoder" in msg and "ULTRALYTICS_DSMOE_AUTOLOAD" in msg

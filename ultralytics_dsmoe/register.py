@@ -129,8 +129,9 @@ def channel_rules() -> dict[type, Callable]:
     return {cls: bind(rule) for cls, rule in BLOCKS.values()}
 
 
-# The two anchored edits to parse_model: a plugin branch before the first stock channel rule, and path-like string
-# args (e.g. '/abs/mobile_sam.pt') passed through verbatim instead of crashing ast.literal_eval with SyntaxError.
+# The anchored edits to parse_model: a plugin branch before the first stock channel rule; path-like string args
+# (e.g. '/abs/mobile_sam.pt') passed through verbatim instead of crashing ast.literal_eval with SyntaxError; and block
+# names resolved by ``resolve_block``, which explains an unknown name instead of a bare KeyError.
 PARSE_MODEL_EDITS = (
     (
         "        if m in base_modules:\n",
@@ -139,6 +140,7 @@ PARSE_MODEL_EDITS = (
         "        elif m in base_modules:\n",
     ),
     ("with contextlib.suppress(ValueError):", "with contextlib.suppress(ValueError, SyntaxError):"),
+    ("            else globals()[m]\n", "            else _dsmoe_resolve(m, globals(), i)\n"),  # unknown names: a clear error
 )
 
 
@@ -158,6 +160,32 @@ def patched_parse_model(parse_model: Callable) -> Callable:
     return new
 
 
+class UnknownBlockError(KeyError):
+    """A model yaml names a block that neither Ultralytics nor this plugin defines (a KeyError, as before)."""
+
+    def __str__(self):
+        return str(self.args[0])
+
+
+def resolve_block(name: str, namespace: dict, row: int):
+    """``namespace[name]``, or an ``UnknownBlockError`` naming the row, close matches and the plugin's blocks."""
+    if name in namespace:
+        return namespace[name]
+    import difflib
+
+    from torch import nn
+
+    layers = [k for k, v in namespace.items() if isinstance(v, type) and issubclass(v, nn.Module)]
+    close = difflib.get_close_matches(name, layers, n=3, cutoff=0.6)
+    hint = f" Did you mean {' or '.join(close)}?" if close else ""
+    raise UnknownBlockError(
+        f"Unknown block '{name}' in row {row} of the model yaml.{hint} DS-MoE blocks: {', '.join(BLOCKS)}. "
+        "Other names must be Ultralytics blocks (as in ultralytics/nn/tasks.py), 'nn.<torch.nn layer>' or "
+        "'torchvision.ops.<op>'. If a DS-MoE block is missing, the plugin is not loaded: check that "
+        "ultralytics-dsmoe is installed in this environment and ULTRALYTICS_DSMOE_AUTOLOAD is not 0."
+    )
+
+
 def register_names(module=tasks) -> None:
     """Make every block resolvable by name in the parser's globals, never shadowing another object."""
     for name, (cls, _) in BLOCKS.items():
@@ -166,6 +194,7 @@ def register_names(module=tasks) -> None:
             raise PatchError(f"'{name}' already exists in {module.__name__} as {existing!r}; refusing to overwrite it")
         setattr(module, name, cls)
     module._dsmoe_channel_rules = channel_rules()
+    module._dsmoe_resolve = resolve_block
 
 
 # ---------------------------------------------------------------------------------------------------------------

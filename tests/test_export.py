@@ -1,0 +1,63 @@
+"""Deployment through Ultralytics' own exporter: fused model, dynamic ONNX, ORT parity after NMS, predict on .onnx."""
+
+import numpy as np
+import pytest
+import torch
+
+from ultralytics import YOLO
+from ultralytics.utils.nms import non_max_suppression
+
+ort = pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A dsmoe-n with trained-like statistics (a few steps of BN updates), saved as a checkpoint and exported."""
+    folder = tmp_path_factory.mktemp("export")
+    torch.manual_seed(0)
+    model = YOLO("dsmoe-n.yaml")
+    net = model.model.train()
+    with torch.no_grad():  # give BatchNorm running statistics, so eval-mode activations are not vanishingly small
+        for _ in range(3):
+            net(torch.rand(4, 3, 64, 64))
+        for m in net.modules():  # and detection scores away from the head's prior, so NMS has something to keep
+            if hasattr(m, "cv3"):
+                for seq in m.cv3:
+                    seq[-1].bias.fill_(0.0)
+    net.eval()
+    onnx = model.export(format="onnx", imgsz=64, dynamic=True, simplify=False)
+    return model, onnx
+
+
+def test_dynamic_onnx_matches_pytorch_after_nms_on_another_shape(exported):
+    model, onnx = exported
+    x = torch.rand(2, 3, 96, 128, generator=torch.Generator().manual_seed(1))  # not the traced 64x64 / batch 1
+    net = model.model.eval()
+    with torch.no_grad():
+        ref = net(x)[0]
+    session = ort.InferenceSession(onnx, providers=["CPUExecutionProvider"])
+    out = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+    assert out.shape == ref.shape
+    assert (out - ref).abs().max() <= 1e-3
+    kept_ref = non_max_suppression(ref, conf_thres=0.25, iou_thres=0.7)
+    kept_ort = non_max_suppression(out, conf_thres=0.25, iou_thres=0.7)
+    assert sum(len(k) for k in kept_ref) > 0  # the comparison is not vacuous
+    for a, b in zip(kept_ref, kept_ort):
+        assert a.shape == b.shape and (a - b).abs().max() <= 1e-3  # same boxes, scores and classes
+
+
+def test_model_fuse_keeps_outputs(exported):
+    model, _ = exported
+    net = model.model.eval()
+    x = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        before = net(x)[0]
+        after = net.fuse(verbose=False)(x)[0]
+    torch.testing.assert_close(after, before, atol=1e-3, rtol=1e-3)
+
+
+def test_predict_on_the_exported_onnx(exported, tmp_path):
+    _, onnx = exported
+    image = (np.random.default_rng(0).random((100, 140, 3)) * 255).astype(np.uint8)  # letterboxed to 96x128-ish
+    results = YOLO(onnx, task="detect").predict(image, imgsz=128, conf=0.01, verbose=False)
+    assert len(results) == 1 and results[0].boxes is not None
