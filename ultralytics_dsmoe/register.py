@@ -10,7 +10,9 @@ Everything the plugin changes in Ultralytics is installed by ``install()`` below
    ``DetectionModel.init_criterion`` (so the EMA copy used for validation gets it too), and models with MoE or
    aggregation blocks get their auxiliary losses added (``ultralytics_dsmoe.loss.AuxLosses``).
 4. Offline: the font check and the AMP check never touch the network when Ultralytics is offline.
-5. Text: ``DetectionTrainer.set_model_attributes`` also fills the model's class-text buffers from the dataset
+5. Checkpoints: ``torch_safe_load`` first allows the plugin's and TinyViT's classes for weights-only loading
+   (``ULTRALYTICS_SAFE_LOAD=1``).
+6. Text: ``DetectionTrainer.set_model_attributes`` also fills the model's class-text buffers from the dataset
    (``ultralytics_dsmoe.text.fill_text``), before the EMA copy, DDP wrapping and the optimizer are made.
 
 Each patch is idempotent, refuses to overwrite a name it does not own, and raises ``PatchError`` naming the
@@ -19,6 +21,7 @@ installed Ultralytics version when the code it patches no longer has the expecte
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import re
@@ -292,6 +295,34 @@ def _patch_detection_trainer(module) -> None:
     patch_function(module.DetectionTrainer, "set_model_attributes", _set_model_attributes, ("self",))
 
 
+@functools.lru_cache(maxsize=1)
+def safe_globals() -> tuple[type, ...]:
+    """Classes a DS-MoE checkpoint pickles beyond Ultralytics' own allow-list: the plugin's blocks, MobileSAM's
+    TinyViT modules, and torchvision's ResNet blocks (ablation configs A-B)."""
+    import torchvision.models.resnet as resnet
+    from torch import nn
+    from ultralytics.models.sam.modules import tiny_encoder
+
+    import ultralytics_dsmoe.nn as blocks
+
+    def module_classes(module, names=None):
+        return [v for k, v in vars(module).items() if (names is None or k in names) and isinstance(v, type)
+                and issubclass(v, nn.Module) and v.__module__.startswith(module.__name__)]
+
+    return tuple(module_classes(blocks, blocks.__all__) + module_classes(tiny_encoder)
+                 + [resnet.Bottleneck, resnet.BasicBlock])
+
+
+def _torch_safe_load(original):
+    def torch_safe_load(weight, *args, **kwargs):
+        import torch
+
+        torch.serialization.add_safe_globals(list(safe_globals()))  # for ULTRALYTICS_SAFE_LOAD=1 (weights_only)
+        return original(weight, *args, **kwargs)
+
+    return torch_safe_load
+
+
 def is_offline() -> bool:
     from ultralytics import utils
 
@@ -348,6 +379,7 @@ def install() -> None:
     patch_function(checks, "check_font", _check_font, ("font",))
     patch_function(checks, "check_amp", _check_amp, ("model",))
     patch_function(tasks.DetectionModel, "init_criterion", _init_criterion, ("self",))  # class level: EMA copy too
+    patch_function(tasks, "torch_safe_load", _torch_safe_load, ("weight",))
     # Text embeddings: filled once the dataset's names are known, before EMA, DDP and the optimizer exist. The trainer
     # module imports ultralytics.models, which cannot be imported while ultralytics.nn is still loading: patch it
     # when it has been imported.

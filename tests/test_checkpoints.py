@@ -1,0 +1,31 @@
+"""Checkpoints: save then load predicts identically, also under ULTRALYTICS_SAFE_LOAD=1 (weights-only unpickling)."""
+
+import os
+
+import torch
+
+from conftest import REPO, run_python
+from ultralytics import YOLO
+
+
+def test_save_load_round_trip_and_safe_load(tmp_path):
+    torch.manual_seed(0)
+    model = YOLO("dsmoe-n.yaml")
+    net = model.model.train()
+    with torch.no_grad():
+        net(torch.rand(2, 3, 64, 64))  # BatchNorm statistics, so outputs depend on the weights
+    file = tmp_path / "dsmoe.pt"
+    model.save(file)
+    x = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(1))
+    torch.save(x, tmp_path / "x.pt")
+    with torch.no_grad():
+        ref = net.eval()(x)[0]
+        loaded = YOLO(file).model.float().eval()(x)[0]
+    torch.testing.assert_close(loaded, ref, rtol=1e-5, atol=1e-4)  # equal up to fp32 rounding (BN folding on load)
+    torch.save(ref, tmp_path / "ref.pt")
+    code = (f"import torch; from ultralytics import YOLO; m = YOLO({str(file)!r}).model.float().eval(); "
+            f"x = torch.load({str(tmp_path / 'x.pt')!r}); ref = torch.load({str(tmp_path / 'ref.pt')!r}); "
+            "out = m(x)[0]; print('max diff', (out - ref).abs().max().item())")
+    r = run_python(code, REPO, {**os.environ, "ULTRALYTICS_SAFE_LOAD": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert float(r.stdout.strip().splitlines()[-1].split()[-1]) < 1e-4
