@@ -32,6 +32,11 @@ def sandbox(tmp_path_factory):
     sitecustomize that logs every network attempt of the child interpreters."""
     root = tmp_path_factory.mktemp("sandbox")
     data = generate(root / "data", seed=1, train=8, val=4, imgsz=64)
+    # Messy factory data: a truncated image and a label file with a malformed row must be warned about and skipped.
+    (data / "images" / "train" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really an image")
+    (data / "labels" / "train" / "corrupt.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    bad_label = sorted(f for f in (data / "labels" / "train").glob("*.txt") if f.stem != "corrupt")[0]
+    bad_label.write_text(bad_label.read_text() + "3 0.5 oops 0.1\n")
     (root / "data.yaml").write_text(f"path: {data}\ntrain: images/train\nval: images/val\n"
                                     "names: {0: pinhole, 1: scratch, 2: stain, 3: crease}\n")
     (root / "site").mkdir()
@@ -68,6 +73,11 @@ def test_user_offline_choice_is_kept(sandbox):
     assert r.stdout.splitlines()[-1] == "0", r.stderr
 
 
+def bad_label_stem(root):
+    labels = root / "data" / "labels" / "train"
+    return next(f.stem for f in sorted(labels.glob("*.txt")) if "oops" in f.read_text() and f.stem != "corrupt")
+
+
 def test_yolo_cli_train_offline(sandbox):
     """`yolo train model=dsmoe-n.yaml` from an unrelated folder: 1 epoch at imgsz 64, no network attempt at all."""
     root, env, log = sandbox
@@ -84,6 +94,8 @@ def test_yolo_cli_train_offline(sandbox):
     assert {f"{s}/{k}" for s in ("train", "val") for k in ("moe_loss", "align_loss")} <= set(header)
     assert "Assuming scale" not in out
     assert "using the embedded offline encoder all-MiniLM-L6-v2" in out  # text_model=auto says what it used
+    assert "corrupt.png" in out and "ignoring corrupt image/label" in out  # bad files: warned about and skipped
+    assert f"{bad_label_stem(root)}.png: ignoring corrupt image/label" in out
     assert not log.exists(), f"network attempts:\n{log.read_text()}"
     # best.pt carries the prompts, encoder id and embeddings: loading it needs no text model
     code = ("import sys; from ultralytics import YOLO; from ultralytics_dsmoe.nn import ClassText; "
