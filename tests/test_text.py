@@ -275,3 +275,17 @@ def test_fine_tuning_from_a_checkpoint_reuses_its_embeddings_only_for_the_same_c
     fresh = DetectionModel(copy.deepcopy(trained.yaml), nc=4, verbose=False)  # the yaml record, no weights
     text.fill_text(fresh, NAMES)
     assert len(calls) == 2  # placeholder vectors are never taken for the recorded embeddings
+
+
+def test_dataset_with_another_class_count_rebuilds_and_embeds_its_own_classes(tiny_qwen):
+    """nc in the model yaml (4) differs from the data (3): Ultralytics rebuilds with nc=3, the text follows."""
+    model = model_with(tiny_qwen)  # built with the yaml's nc = 4
+    from ultralytics.nn.tasks import yaml_model_load
+
+    d = yaml_model_load("dsmoe-n.yaml")
+    d["text_model"] = tiny_qwen
+    three = DetectionModel(d, nc=3, verbose=False)  # what the trainer does for a 3-class dataset
+    text.fill_text(three, ["pinhole", "scratch", "burr"])
+    assert class_text(three).embeddings.shape[0] == 3 and class_text(three).text_source["names"][2] == "burr"
+    with pytest.raises(ValueError, match="4 classes but the data has 3"):
+        text.fill_text(model, ["pinhole", "scratch", "burr"])  # a model that was not rebuilt is refused
