@@ -133,3 +133,33 @@ def test_network_audit_detects_attempts(sandbox):
     run_python("import ultralytics", root / "work", {**env, "YOLO_OFFLINE": "0"})
     assert "socket.getaddrinfo" in log.read_text()
     log.unlink()
+
+
+def test_resume_continues_an_interrupted_run_with_the_same_loss_columns(sandbox):
+    """A run stopped after epoch 1 of 2 resumes from last.pt: epoch 2 is trained, results.csv keeps its columns."""
+    root, env, log = sandbox
+    code = f"""
+from ultralytics import YOLO
+model = YOLO("dsmoe-n.yaml")
+def stop(trainer):
+    if trainer.epoch == 0:
+        raise KeyboardInterrupt("simulated crash after epoch 1")
+model.add_callback("on_fit_epoch_end", stop)
+try:
+    model.train(data={str(root / 'data.yaml')!r}, epochs=2, imgsz=64, batch=4, workers=0, plots=False,
+                project={str(root / 'runs')!r}, name="resume", exist_ok=True)
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+    r = run_python(code, root / "work", env)
+    assert "interrupted" in r.stdout, (r.stdout + r.stderr)[-3000:]
+    last = root / "runs" / "resume" / "weights" / "last.pt"
+    r = run_python(f"from ultralytics import YOLO; YOLO({str(last)!r}).train(resume=True)", root / "work", env)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert "Resuming training" in r.stdout + r.stderr
+    with open(root / "runs" / "resume" / "results.csv") as f:
+        rows = list(csv.reader(f))
+    header = [h.strip() for h in rows[0]]
+    assert [row[0].strip() for row in rows[1:]] == ["1", "2"]
+    assert {"train/moe_loss", "train/align_loss", "val/moe_loss", "val/align_loss"} <= set(header)
+    assert all(len(row) == len(header) for row in rows[1:])
