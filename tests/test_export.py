@@ -20,10 +20,11 @@ def exported(tmp_path_factory):
     with torch.no_grad():  # give BatchNorm running statistics, so eval-mode activations are not vanishingly small
         for _ in range(3):
             net(torch.rand(4, 3, 64, 64))
-        for m in net.modules():  # and detection scores away from the head's prior, so NMS has something to keep
+        for m in net.modules():  # and spread detection scores over (0, 1): NMS has boxes to keep and no near-ties
             if hasattr(m, "cv3"):
                 for seq in m.cv3:
                     seq[-1].bias.fill_(0.0)
+                    seq[-1].weight.mul_(2000.0)  # kept scores >= 7e-6 apart vs ~5e-7 ORT noise
     net.eval()
     onnx = model.export(format="onnx", imgsz=64, dynamic=True, simplify=False)
     return model, onnx
@@ -42,8 +43,9 @@ def test_dynamic_onnx_matches_pytorch_after_nms_on_another_shape(exported):
     kept_ref = non_max_suppression(ref, conf_thres=0.25, iou_thres=0.7)
     kept_ort = non_max_suppression(out, conf_thres=0.25, iou_thres=0.7)
     assert sum(len(k) for k in kept_ref) > 0  # the comparison is not vacuous
-    for a, b in zip(kept_ref, kept_ort):
-        assert a.shape == b.shape and (a - b).abs().max() <= 1e-3  # same boxes, scores and classes
+    for a, b in zip(kept_ref, kept_ort):  # same boxes, scores and classes (rows matched, order aside)
+        assert a.shape == b.shape
+        assert torch.cdist(a, b, p=float("inf")).min(1).values.max() <= 1e-3
 
 
 def test_model_fuse_keeps_outputs(exported):
