@@ -57,21 +57,26 @@ class TextEncoder:
             gc.collect()  # frozen and used once: give the memory back
 
 
-def load_pretrained(source: str):
-    """(tokenizer, model) from a local folder or the Hugging Face cache, downloading only while online."""
+def load_pretrained(source: str, auto_class=None):
+    """(tokenizer, model) from a local folder or the Hugging Face cache, downloading only while online.
+
+    ``auto_class`` is the transformers Auto class to load with (default ``AutoModel``; the prompt generator passes
+    ``AutoModelForCausalLM``).
+    """
     from transformers import AutoModel, AutoTokenizer
 
+    auto_class = auto_class or AutoModel
     local = os.path.isdir(source)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
-        model = AutoModel.from_pretrained(source, local_files_only=True)
+        model = auto_class.from_pretrained(source, local_files_only=True)
     except OSError as e:
         if local or offline():
             raise TextModelUnavailable(unavailable_message(source, e)) from e
         LOGGER.info(f"Text model '{source}' is not cached: downloading it from the Hugging Face hub...")
         try:
             tokenizer = AutoTokenizer.from_pretrained(source)
-            model = AutoModel.from_pretrained(source)
+            model = auto_class.from_pretrained(source)
         except OSError as e2:
             raise TextModelUnavailable(unavailable_message(source, e2)) from e2
     if tokenizer.pad_token is None:

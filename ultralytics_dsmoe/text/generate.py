@@ -18,26 +18,13 @@ from pathlib import Path
 
 import yaml
 
-from .encoders import DEFAULT_LLM, TextModelUnavailable, offline, unavailable_message
+from .encoders import DEFAULT_LLM, load_pretrained
 from .prompts import resolve_prompts
 
 QUESTION = (
     "In one sentence of at most 25 words, describe what a '{name}' defect looks like on {surface} in an inspection "
     "image: its shape, size, brightness and edges. Answer with the description only."
 )
-
-
-def load_generator(source: str):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(source, local_files_only=True)
-    except OSError as e:
-        if Path(source).is_dir() or offline():
-            raise TextModelUnavailable(unavailable_message(source, e)) from e
-        tokenizer, model = AutoTokenizer.from_pretrained(source), AutoModelForCausalLM.from_pretrained(source)
-    return tokenizer, model.eval()
 
 
 def answer(text: str) -> str:
@@ -52,7 +39,9 @@ def generate_prompts(names: list[str], source: str = DEFAULT_LLM, surface: str =
     """name -> generated description (None when the model gave nothing usable)."""
     import torch
 
-    tokenizer, model = load_generator(source)
+    from transformers import AutoModelForCausalLM
+
+    tokenizer, model = load_pretrained(source, AutoModelForCausalLM)
     out = {}
     for name in names:
         question = QUESTION.format(name=name.replace("_", " "), surface=surface)
