@@ -51,13 +51,18 @@ STAGES = {  # cost breakdown rows: label -> block types
 }
 
 
+def set_experts(d: dict, ne: int | None = None, topk: int | None = None) -> dict:
+    """Replace Ne and/or top-k in the SparseMoE rows (``[width, Ne, k]``) of a model-yaml dict, in place."""
+    for row in d["backbone"] + d["head"]:
+        if row[2] == "SparseMoE":
+            width, row_ne, row_k = row[3]
+            row[3] = [width, row_ne if ne is None else ne, row_k if topk is None else topk]
+    return d
+
+
 def build(cfg: str | dict, nc: int = 4, topk: int | None = None) -> DetectionModel:
     """A model from a config name or dict, with the SparseMoE top-k replaced when ``topk`` is given."""
-    d = yaml_model_load(cfg) if isinstance(cfg, str) else cfg
-    if topk is not None:
-        for row in d["backbone"] + d["head"]:
-            if row[2] == "SparseMoE":
-                row[3] = [row[3][0], row[3][1], topk]
+    d = set_experts(yaml_model_load(cfg) if isinstance(cfg, str) else cfg, topk=topk)
     return DetectionModel(d, nc=nc, verbose=False).eval()
 
 
@@ -150,7 +155,7 @@ def markdown(r: dict) -> str:
               "| k | MoE GFLOPs | MoE vs k=32 | MoE latency (ms) | model GFLOPs | model latency (ms) | vs k=1 |",
               "|---:|---:|---:|---:|---:|---:|---:|"]
     t = r["topk"]
-    k32, k1 = t[32]["moe_gflops"] if 32 in t else t["32"]["moe_gflops"], (t[1] if 1 in t else t["1"])["latency_ms"]
+    k32, k1 = t[32]["moe_gflops"], t[1]["latency_ms"]
     for k, v in t.items():
         lines.append(f"| {k} | {v['moe_gflops']:.3f} | {v['moe_gflops'] / k32:.2f}x | {v['moe_latency_ms']:.1f} | "
                      f"{v['model_gflops']:.2f} | {v['latency_ms']:.0f} | {v['latency_ms'] / k1:.2f}x |")
