@@ -29,3 +29,39 @@ def run(cmd: list, cwd: Path, env: dict | None = None, timeout: int = 900):
 def run_python(code: str, cwd: Path, env: dict | None = None):
     """Run ``python -c code`` in a fresh interpreter of this environment."""
     return run([sys.executable, "-c", code], cwd, env)
+
+
+GLOO_LAUNCHER = r'''
+import os, sys
+
+
+def _rank(rank, port, args):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+    import torch.distributed as dist  # environment first: Ultralytics reads RANK when it is imported
+
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        work(rank, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+{body}
+
+if __name__ == "__main__":
+    import torch.multiprocessing as mp
+
+    mp.spawn(_rank, args=(sys.argv[1], sys.argv[2:]), nprocs=2)
+'''
+
+
+def run_on_two_gloo_ranks(folder: Path, body: str, *args: str):
+    """Run ``work(rank, *args)`` (defined in ``body``) in two fresh processes joined by a CPU (gloo) process group."""
+    import socket
+
+    with socket.socket() as s:  # a free port, so concurrent test runs do not collide
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    script = folder / "two_ranks.py"
+    script.write_text(GLOO_LAUNCHER.replace("{body}", body))
+    return run([sys.executable, str(script), port, *map(str, args)], REPO)

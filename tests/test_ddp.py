@@ -1,28 +1,20 @@
 """DDP: two CPU processes (gloo), the model wrapped the way Ultralytics' trainer wraps it, sparse routing for a few
 optimiser steps on different data per rank: the ranks' weights stay identical."""
 
-import sys
-
 import torch
 
-from conftest import REPO, run
+from conftest import run_on_two_gloo_ranks
 
-WORKER = r'''
-import os, sys
-
-def worker(rank, out):
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT="29541")
-    import torch, torch.distributed as dist
+WORK = r'''
+def work(rank, out):
+    import torch
     from torch.nn.parallel import DistributedDataParallel as DDP
-    dist.init_process_group("gloo", rank=rank, world_size=2)
     torch.set_num_threads(1)
     from ultralytics.nn.tasks import DetectionModel, yaml_model_load
     from ultralytics.utils import DEFAULT_CFG
+    from ultralytics_dsmoe.costs import set_experts
     from ultralytics_dsmoe.nn import SparseMoE
-    d = yaml_model_load("dsmoe-n.yaml")
-    for row in d["backbone"]:
-        if row[2] == "SparseMoE":
-            row[3] = [row[3][0], 8, 2]  # Ne = 8, k = 2: few samples still leave most experts unrouted per rank
+    d = set_experts(yaml_model_load("dsmoe-n.yaml"), ne=8, topk=2)  # few samples leave most experts unrouted per rank
     torch.manual_seed(rank)  # different init per rank: DDP must broadcast rank 0's weights at wrap time
     model = DetectionModel(d, nc=4, verbose=False)
     model.args = DEFAULT_CFG
@@ -41,18 +33,11 @@ def worker(rank, out):
         moe = next(m for m in model.modules() if isinstance(m, SparseMoE))
         routed.append(moe.last_routing[1])
     torch.save({"params": {k: v.detach() for k, v in model.named_parameters()}, "routed": routed}, f"{out}/rank{rank}.pt")
-    dist.destroy_process_group()
-
-if __name__ == "__main__":
-    import torch.multiprocessing as mp
-    mp.spawn(worker, args=(sys.argv[1],), nprocs=2)
 '''
 
 
 def test_ddp_ranks_keep_identical_weights_under_sparse_routing(tmp_path):
-    script = tmp_path / "ddp_train.py"
-    script.write_text(WORKER)
-    r = run([sys.executable, str(script), str(tmp_path)], REPO)
+    r = run_on_two_gloo_ranks(tmp_path, WORK, tmp_path)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert any(not torch.equal(x, y) for x, y in zip(a["routed"], b["routed"]))  # ranks routed differently

@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from conftest import REPO, run_python
+from conftest import REPO, run_on_two_gloo_ranks, run_python
 from ultralytics.nn.tasks import DetectionModel
 from ultralytics_dsmoe import text
 from ultralytics_dsmoe.nn import ClassText
@@ -177,13 +177,9 @@ def test_checkpoint_round_trip_keeps_text_and_predictions(tiny_qwen):
         torch.testing.assert_close(restored(x)[0], model(x)[0])
 
 
-DDP_WORKER = r'''
-import os, sys
-
-def worker(rank, cache_root, out):
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT="29533")
-    import torch, torch.distributed as dist
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+DDP_WORK = r'''
+def work(rank, cache_root, out):
+    import torch
     from pathlib import Path
     from ultralytics.nn.tasks import DetectionModel, yaml_model_load
     from ultralytics_dsmoe import text
@@ -199,22 +195,11 @@ def worker(rank, cache_root, out):
     text.fill_text(model, ["pinhole", "scratch", "stain", "crease"])
     ct = next(m for m in model.modules() if isinstance(m, ClassText))
     torch.save(ct.embeddings, f"{out}/rank{rank}.pt")
-    dist.destroy_process_group()
-
-if __name__ == "__main__":
-    import torch.multiprocessing as mp
-    mp.spawn(worker, args=(sys.argv[1], sys.argv[2]), nprocs=2)
 '''
 
 
 def test_ddp_ranks_get_identical_embeddings(tmp_path):
-    from conftest import run
-
-    import sys
-
-    script = tmp_path / "ddp_text.py"
-    script.write_text(DDP_WORKER)
-    r = run([sys.executable, str(script), str(tmp_path / "cache"), str(tmp_path)], REPO)
+    r = run_on_two_gloo_ranks(tmp_path, DDP_WORK, tmp_path / "cache", tmp_path)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     e0, e1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     torch.testing.assert_close(e0, e1, rtol=0, atol=0)
