@@ -65,3 +65,15 @@ def run_on_two_gloo_ranks(folder: Path, body: str, *args: str):
     script = folder / "two_ranks.py"
     script.write_text(GLOO_LAUNCHER.replace("{body}", body))
     return run([sys.executable, str(script), port, *map(str, args)], REPO)
+
+
+def two_box_batch():
+    """A minimal detection batch: two random 64x64 images with one box each (classes 0 and 1)."""
+    import torch
+
+    return {
+        "img": torch.rand(2, 3, 64, 64),
+        "batch_idx": torch.tensor([0.0, 1.0]),
+        "cls": torch.tensor([[0.0], [1.0]]),
+        "bboxes": torch.tensor([[0.5, 0.5, 0.4, 0.3], [0.3, 0.6, 0.2, 0.5]]),
+    }

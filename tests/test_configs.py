@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, two_box_batch
 from ultralytics.nn.modules import Detect, TorchVision
 from ultralytics.nn.tasks import DetectionModel, yaml_model_load
 from ultralytics.utils import DEFAULT_CFG
@@ -137,12 +137,7 @@ def test_ablation_column_components(build, column):
     base = getattr(criterion, "criterion", criterion)
     assert type(base) is (QualityFocalDetectionLoss if loss == "qfocal" else v8DetectionLoss)
     assert model.yaml["scale"] == "n" and model.stride.tolist() == [8, 16, 32]
-    model.eval()
-    try:
-        with torch.no_grad():
-            y, raw = model(torch.rand(1, 3, 64, 64))
-    finally:
-        model.train()
+    y, raw = eval_forward(model, torch.rand(1, 3, 64, 64))
     assert y.shape == (1, 4 + NC, 8 * 8 + 4 * 4 + 2 * 2) and torch.isfinite(y).all()
     assert [tuple(f.shape[-2:]) for f in raw["feats"]] == [(8, 8), (4, 4), (2, 2)]
 
@@ -157,14 +152,19 @@ def test_p2_variant_detects_at_stride_4(build):
     assert detect.f == [29, 32, 35, 38] and model.model[29].f == -1 and model.model[28].f == [-1, 20]  # P2 fusion
     assert [cv[0].conv.in_channels for cv in detect.cv2] == [32, 64, 128, 256]  # C2f [128, 256, 512, 1024] x 0.25
     assert blocks(model, SparseMoE) and model.yaml["loss"] == "qfocal"  # otherwise the full model
+    y, raw = eval_forward(model, torch.rand(1, 3, 64, 64))
+    assert y.shape == (1, 4 + NC, 16 * 16 + 8 * 8 + 4 * 4 + 2 * 2)
+    assert [tuple(f.shape[-2:]) for f in raw["feats"]] == [(16, 16), (8, 8), (4, 4), (2, 2)]
+
+
+def eval_forward(model, x):
+    """Inference outputs (decoded, raw dict) of a module-scoped model, which is left in train mode."""
     model.eval()
     try:
         with torch.no_grad():
-            y, raw = model(torch.rand(1, 3, 64, 64))
+            return model(x)
     finally:
         model.train()
-    assert y.shape == (1, 4 + NC, 16 * 16 + 8 * 8 + 4 * 4 + 2 * 2)
-    assert [tuple(f.shape[-2:]) for f in raw["feats"]] == [(16, 16), (8, 8), (4, 4), (2, 2)]
 
 
 @pytest.mark.parametrize("stem", CONFIGS)
@@ -173,12 +173,7 @@ def test_train_step(build, stem):
     model = build(stem)
     model.zero_grad(set_to_none=True)
     model.criterion = None  # fresh criterion from the YAML
-    batch = {
-        "img": torch.rand(2, 3, 64, 64),
-        "batch_idx": torch.tensor([0.0, 1.0]),
-        "cls": torch.tensor([[0.0], [1.0]]),
-        "bboxes": torch.tensor([[0.5, 0.5, 0.4, 0.3], [0.3, 0.6, 0.2, 0.5]]),
-    }
+    batch = two_box_batch()
     loss, items = model.loss(batch)
     expected = {"box_loss", "cls_loss", "dfl_loss"}
     expected |= {"moe_loss"} if blocks(model, SparseMoE) else set()

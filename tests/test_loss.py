@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from conftest import two_box_batch
 from ultralytics.nn.tasks import DetectionModel, yaml_model_load
 from ultralytics.utils import DEFAULT_CFG
 from ultralytics.utils.loss import v8DetectionLoss
@@ -62,12 +63,7 @@ def test_stock_and_default_models_keep_bce():
 def test_qfocal_loss_trains_the_head():
     torch.manual_seed(0)
     model = _model()
-    batch = {
-        "img": torch.rand(2, 3, 64, 64),
-        "batch_idx": torch.tensor([0.0, 1.0]),
-        "cls": torch.tensor([[0.0], [1.0]]),
-        "bboxes": torch.tensor([[0.5, 0.5, 0.4, 0.3], [0.3, 0.6, 0.2, 0.5]]),
-    }
+    batch = two_box_batch()
     loss, items = model.loss(batch)
     assert set(items) == {"box_loss", "cls_loss", "dfl_loss", "moe_loss", "align_loss"}
     assert all(torch.isfinite(v) for v in items.values()) and items["cls_loss"] > 0
