@@ -165,6 +165,9 @@ def test_class_name_changes_re_embed_and_same_names_reuse(tiny_qwen, monkeypatch
     torch.testing.assert_close(class_text(model).embeddings[0], before[1])  # rows follow the class order
     text.fill_text(model, swapped, {"ca_shang": "an edited prompt"})  # edited prompt: re-embedded too
     assert len(calls) == 3
+    model.yaml["text_pooling"] = "last"  # same classes and prompts, another embedding recipe: re-embedded
+    text.fill_text(model, swapped, {"ca_shang": "an edited prompt"})
+    assert len(calls) == 4 and class_text(model).text_source["encoder"].endswith("|last")
 
 
 def test_checkpoint_round_trip_keeps_text_and_predictions(tiny_qwen):

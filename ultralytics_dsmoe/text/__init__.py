@@ -51,7 +51,7 @@ def fill_text(model: torch.nn.Module, names: dict | list, data_prompts=None, roo
     # rebuilt from its yaml (fine-tuning from best.pt); a yaml record alone does not vouch for placeholder vectors.
     recorded = cfg.get("text_source")
     sources = [b.text_source or (recorded if not b.is_placeholder() else None) for b in blocks]
-    if all(reusable(source, names, prompts, spec) for source in sources):
+    if all(reusable(source, names, prompts, spec, pooling) for source in sources):
         LOGGER.info(f"DS-MoE text: reusing the checkpoint's embeddings ({sources[0]['encoder']}).")
         for block, source in zip(blocks, sources):
             block.text_source = dict(source)
@@ -70,10 +70,13 @@ def fill_text(model: torch.nn.Module, names: dict | list, data_prompts=None, roo
             torch.distributed.broadcast(block.embeddings, src=0)  # identical on every rank, bit for bit
 
 
-def reusable(source: dict | None, names: list, prompts: list, spec: str) -> bool:
-    """Whether embeddings recorded as ``source`` are the right ones for these classes under ``text_model: spec``."""
+def reusable(source: dict | None, names: list, prompts: list, spec: str, pooling: str) -> bool:
+    """Whether embeddings recorded as ``source`` are the right ones for these classes under ``text_model: spec`` and
+    ``text_pooling: pooling``. An explicit encoder must match the recorded id exactly (model and recipe). Under
+    ``auto`` the encoder ``auto`` picked when they were made is kept (another machine may lack that LLM), as long
+    as the pooling is the one asked for."""
     if not source or source.get("names") != names or source.get("prompts") != prompts:
         return False
-    return spec.lower() == "auto" or source["encoder"].lower().startswith(
-        "all-minilm" if spec.lower() == "minilm" else spec.lower()
-    )
+    if spec.lower() == "auto":
+        return source["encoder"].split("|")[1] == pooling  # ids are "<model>|<pooling>[|l2]"
+    return source["encoder"] == load_encoder(spec, pooling).id
