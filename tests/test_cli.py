@@ -38,7 +38,7 @@ def sandbox(tmp_path_factory):
     bad_label = sorted(f for f in (data / "labels" / "train").glob("*.txt") if f.stem != "corrupt")[0]
     bad_label.write_text(bad_label.read_text() + "3 0.5 oops 0.1\n")
     (root / "data.yaml").write_text(f"path: {data}\ntrain: images/train\nval: images/val\n"
-                                    "names: {0: pinhole, 1: scratch, 2: stain, 3: crease}\n")
+                                    "names: {0: pinhole, 1: scratch, 2: stain, 3: crease}\ngamma: 1.5\n")
     (root / "site").mkdir()
     log = root / "network.log"
     (root / "site" / "sitecustomize.py").write_text(f"EVENTS = {NETWORK_EVENTS!r}\nLOG = {str(log)!r}\n" + AUDIT_HOOK)
@@ -97,14 +97,14 @@ def test_yolo_cli_train_offline(sandbox):
     assert "corrupt.png" in out and "ignoring corrupt image/label" in out  # bad files: warned about and skipped
     assert f"{bad_label_stem(root)}.png: ignoring corrupt image/label" in out
     assert not log.exists(), f"network attempts:\n{log.read_text()}"
-    # best.pt carries the prompts, encoder id and embeddings: loading it needs no text model
+    # best.pt carries the prompts, encoder id and embeddings (loading it needs no text model) and the data's gamma
     code = ("import sys; from ultralytics import YOLO; from ultralytics_dsmoe.nn import ClassText; "
             f"m = YOLO({str(run_dir / 'weights' / 'best.pt')!r}).model; "
             "t = next(x for x in m.modules() if isinstance(x, ClassText)); "
-            "print(t.text_source['encoder'], t.text_source['names'], 'transformers' in sys.modules)")
+            "print(t.text_source['encoder'], t.text_source['names'], 'transformers' in sys.modules, m.yaml['gamma'])")
     r = run_python(code, root / "work", env)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.strip().splitlines()[-1] == "all-MiniLM-L6-v2|mean|l2 ['pinhole', 'scratch', 'stain', 'crease'] False"
+    assert r.stdout.strip().splitlines()[-1] == "all-MiniLM-L6-v2|mean|l2 ['pinhole', 'scratch', 'stain', 'crease'] False 1.5"
 
 
 def test_ddp_worker_script_loads_plugin(sandbox):

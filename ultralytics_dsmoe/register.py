@@ -14,6 +14,9 @@ Everything the plugin changes in Ultralytics is installed by ``install()`` below
    (``ULTRALYTICS_SAFE_LOAD=1``).
 6. Text: ``DetectionTrainer.set_model_attributes`` also fills the model's class-text buffers from the dataset
    (``ultralytics_dsmoe.text.fill_text``), before the EMA copy, DDP wrapping and the optimizer are made.
+7. Pre-processing: a data-yaml key ``gamma:`` (the paper's eq. 35) is applied to each image as
+   ``BaseDataset.load_image`` reads it, recorded in the model yaml at training, and applied again by
+   ``BasePredictor.pre_transform`` for PyTorch checkpoints that recorded it (``ultralytics_dsmoe.data.gamma``).
 
 Each patch is idempotent, refuses to overwrite a name it does not own, and raises ``PatchError`` naming the
 installed Ultralytics version when the code it patches no longer has the expected shape.
@@ -35,6 +38,7 @@ from ultralytics.nn import tasks
 from ultralytics.utils import LOGGER, USER_CONFIG_DIR, WEIGHTS_DIR, checks
 from ultralytics.utils.ops import make_divisible
 
+from ultralytics_dsmoe.data.gamma import apply_gamma, checked_gamma
 from ultralytics_dsmoe.nn import (
     CBAM,
     AnisotropicDSConv,
@@ -286,9 +290,36 @@ def _set_model_attributes(original):
 
         yaml_file = self.data.get("yaml_file")
         root = Path(yaml_file).parent if yaml_file else None  # a `prompts:` file is relative to the data yaml
-        fill_text(unwrap_model(self.model), self.data["names"], self.data.get("prompts"), root)
+        model = unwrap_model(self.model)
+        fill_text(model, self.data["names"], self.data.get("prompts"), root)
+        gamma = checked_gamma(self.data.get("gamma"))
+        if isinstance(model.yaml, dict):  # saved with the checkpoint: predict applies the same pre-processing
+            model.yaml.pop("gamma", None) if gamma is None else model.yaml.update(gamma=gamma)
 
     return set_model_attributes
+
+
+def _load_image(original):
+    def load_image(self, i, *args, **kwargs):
+        fresh = self.ims[i] is None  # images cached in RAM or the mosaic buffer were corrected when first read
+        im, hw0, hw = original(self, i, *args, **kwargs)
+        gamma = checked_gamma((getattr(self, "data", None) or {}).get("gamma"))
+        if fresh and gamma is not None:
+            apply_gamma(im, gamma)  # in place, so the cached copy is the corrected one
+        return im, hw0, hw
+
+    return load_image
+
+
+def _pre_transform(original):
+    def pre_transform(self, im):
+        yaml = getattr(getattr(self.model, "model", None), "yaml", None)  # AutoBackend -> PyTorch model's yaml
+        gamma = yaml.get("gamma") if isinstance(yaml, dict) else None  # exported formats carry no record
+        if gamma is not None:
+            im = [apply_gamma(x.copy(), gamma) for x in im]
+        return original(self, im)
+
+    return pre_transform
 
 
 def _patch_detection_trainer(module) -> None:
@@ -386,3 +417,10 @@ def install() -> None:
     import ultralytics_dsmoe_hook
 
     ultralytics_dsmoe_hook.when_imported("ultralytics.models.yolo.detect.train", _patch_detection_trainer)
+    ultralytics_dsmoe_hook.when_imported(
+        "ultralytics.data.base", lambda m: patch_function(m.BaseDataset, "load_image", _load_image, ("self", "i"))
+    )
+    ultralytics_dsmoe_hook.when_imported(
+        "ultralytics.engine.predictor",
+        lambda m: patch_function(m.BasePredictor, "pre_transform", _pre_transform, ("self", "im")),
+    )
