@@ -46,12 +46,12 @@ def test_dataset_applies_gamma_once(data, cache):
 
 
 def test_predict_applies_the_recorded_gamma():
-    model = YOLO("yolov8n.yaml").model
     im = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
     original = im.copy()
     predictor = DetectionPredictor(overrides={"imgsz": 64, "verbose": False})
-    predictor.setup_model(model)
+    predictor.setup_model(YOLO("yolov8n.yaml").model)
     predictor.imgsz = (64, 64)
+    model = predictor.model.model  # AutoBackend's (fused) PyTorch model
     plain = predictor.pre_transform([im])[0]
     model.yaml["gamma"] = 1.5  # what training on a `gamma:` data yaml records in the checkpoint
     corrected = predictor.pre_transform([im])[0]
