@@ -1,0 +1,335 @@
+"""``dsmoe benchmark``: is DS-MoE better than YOLOv8 on my data? One command, one recipe for every model.
+
+Every model is trained by the standard Ultralytics trainer on the same data with the same settings (imgsz, epochs,
+batch, seed, recipe, pretrained or not), each in its own process, then its best.pt is evaluated on the test split
+(val when there is none). Measured in the same run, for every model alike:
+
+- accuracy: mAP50, mAP50-95, precision, recall (Ultralytics' mean P and R) and F1 = 2PR / (P + R);
+- cost: params and GFLOPs (``costs.count_flops``: one counter for all models), batch 1 at ``--latency-imgsz``;
+- training: seconds per epoch (training loop only), the median training-step time (forward, backward and, every
+  ``nbs / batch`` steps, the optimizer; callbacks around each batch) and peak memory (CUDA: peak allocated; CPU:
+  peak resident memory of the training process);
+- inference: batch-1 latency at ``--latency-imgsz`` in PyTorch eager (fused) and in ONNX Runtime on the same
+  device, the models interleaved rep by rep so machine drift hits all alike.
+
+DS-MoE models also get a routing report (``ultralytics_dsmoe.routing``). ``--topk 1 2 4 5 8 16 32`` trains the
+DS-MoE config once per top-k instead (the paper's Table 5). Writes ``results.json``, ``results.md`` and
+``results.png`` to ``--out``; each run folder is under ``--out/runs``. The dataset is read through a folder of
+symlinks in ``--out/data`` (with ``gamma:`` added when asked), so label caches are written there, never into the
+user's dataset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+IMAGE_SUFFIXES = {".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"}
+DEFAULT_MODELS = ("yolov8n.yaml", "yolov8s.yaml", "dsmoe-n.yaml")
+TOPK = (1, 2, 4, 5, 8, 16, 32)
+TARGETS = {  # (measured key, dsmoe-n vs yolov8s, limit); the issue's targets, judged on one run
+    "mAP50-95 gain over yolov8s (pp)": ("map50_95", "gain_pp", 2.0),
+    "ONNX Runtime latency vs yolov8s": ("ort_ms", "ratio", 1.0),
+    "training-step time vs yolov8s": ("step_ms", "ratio", 1.5),
+    "peak training memory vs yolov8s": ("peak_mem_mb", "ratio", 1.5),
+}
+
+
+def stage_dataset(data: str, out: Path, gamma: float | None) -> Path:
+    """A data yaml under ``out`` whose image and label folders are symlinks to the user's files (label caches then
+    land in ``out``), with ``gamma`` added when given. Downloads/converts the dataset first if its yaml says how."""
+    from ultralytics.data.utils import check_det_dataset, img2label_paths
+    from ultralytics.utils import YAML
+
+    d = check_det_dataset(data)
+    view = {"path": str(out), "names": d["names"], "channels": d.get("channels", 3)}
+    for key in ("prompts", "gamma"):
+        if d.get(key) is not None:
+            view[key] = d[key]
+    if isinstance(view.get("prompts"), str):  # a prompts file is relative to the original yaml
+        view["prompts"] = str((Path(d.get("yaml_file", ".")).parent / view["prompts"]).resolve())
+    if gamma is not None:
+        view["gamma"] = gamma
+    for split in ("train", "val", "test"):
+        src = d.get(split)
+        if not src:
+            continue
+        if not (isinstance(src, str) and Path(src).is_dir()):
+            view[split] = src  # image lists and .txt files are used as they are
+            continue
+        for im in sorted(p for p in Path(src).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+            rel = im.relative_to(src)
+            label = Path(img2label_paths([str(im)])[0])
+            for source, link in ((im, out / "images" / split / rel), (label, out / "labels" / split / rel.with_suffix(".txt"))):
+                if source.exists() and not link.is_symlink():
+                    link.parent.mkdir(parents=True, exist_ok=True)
+                    link.symlink_to(source.resolve())
+        view[split] = f"images/{split}"
+    yaml_file = out / "data.yaml"
+    YAML.save(yaml_file, view)
+    return yaml_file
+
+
+def model_yaml(model: str, out: Path, pretrained: bool, topk: int | None = None) -> str:
+    """The exact architecture a run trains, written to ``out/<name>.yaml`` (a ``.pt`` model is used as given).
+
+    DS-MoE's encoder loads mobile_sam.pt only with ``pretrained`` (then it must be present), so 'from scratch' means
+    the same for DS-MoE and YOLOv8."""
+    if model.endswith(".pt"):
+        return model
+    from ultralytics.nn.tasks import yaml_model_load
+    from ultralytics.utils import YAML
+
+    from ultralytics_dsmoe.costs import set_experts
+
+    d = yaml_model_load(model)
+    d.pop("yaml_file", None)
+    for row in d["backbone"] + d["head"]:
+        if row[2] == "MobileSAMEncoder":
+            row[3] = ["download" if pretrained else "none", *row[3][1:]]
+    name = Path(model).stem
+    if topk is not None:
+        set_experts(d, topk=topk)
+        name = f"{name.rsplit('-', 1)[0]}-k{topk}-{d['scale']}" if d.get("scale") else f"{name}-k{topk}"
+    out.mkdir(parents=True, exist_ok=True)
+    YAML.save(out / f"{name}.yaml", d)
+    return str(out / f"{name}.yaml")
+
+
+def train_and_evaluate(spec: dict) -> dict:
+    """One model, in the worker process: train, time each step, evaluate best.pt on the report split."""
+    import torch
+    from ultralytics import YOLO
+
+    cuda = str(spec["train"].get("device", "cpu")) not in {"cpu", "mps"} and torch.cuda.is_available()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    clock = {"steps": [], "epochs": []}
+
+    def start(key):
+        def callback(trainer):
+            sync()
+            clock[key] = time.perf_counter()
+        return callback
+
+    def stop(key, into):
+        def callback(trainer):
+            sync()
+            clock[into].append(time.perf_counter() - clock[key])
+        return callback
+
+    model = YOLO(spec["model"])
+    for event, fn in (("on_train_batch_start", start("step")), ("on_train_batch_end", stop("step", "steps")),
+                      ("on_train_epoch_start", start("epoch")), ("on_train_epoch_end", stop("epoch", "epochs"))):
+        model.add_callback(event, fn)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    model.train(data=spec["data"], project=spec["project"], name=spec["name"], exist_ok=True, **spec["train"])
+    peak_cuda = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
+    best = str(model.trainer.best if Path(model.trainer.best).exists() else model.trainer.last)
+    metrics = YOLO(best).val(data=spec["data"], split=spec["split"], imgsz=spec["train"]["imgsz"],
+                             batch=spec["train"]["batch"], device=spec["train"].get("device"), plots=False,
+                             project=spec["project"], name=f"{spec['name']}-{spec['split']}", exist_ok=True)
+    p, r = float(metrics.box.mp), float(metrics.box.mr)
+    steps = clock["steps"][min(3, len(clock["steps"]) - 1):]  # the first steps pay for lazy initialisation
+    return {
+        "best": best, "map50": float(metrics.box.map50), "map50_95": float(metrics.box.map),
+        "precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0,
+        "per_class_map50_95": {metrics.names[int(c)]: float(metrics.box.maps[c]) for c in metrics.ap_class_index},
+        "epochs": len(clock["epochs"]), "epoch_s": statistics.mean(clock["epochs"]), "step_ms": 1e3 * statistics.median(steps),
+        "peak_mem_mb": peak_cuda,
+    }
+
+
+def run_worker(spec: dict, folder: Path) -> dict:
+    """``train_and_evaluate`` in a fresh Python process; on CPU its peak resident memory is the training memory."""
+    folder.mkdir(parents=True, exist_ok=True)
+    spec_file, result_file = folder / f"{spec['name']}.spec.json", folder / f"{spec['name']}.result.json"
+    spec_file.write_text(json.dumps(spec, indent=2))
+    proc = subprocess.Popen([sys.executable, "-m", "ultralytics_dsmoe.benchmark", "--worker", str(spec_file), str(result_file)])
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0 or not result_file.exists():
+        raise RuntimeError(f"Training {spec['model']} failed (exit code {proc.returncode}); its log is above and its run "
+                           f"folder is {Path(spec['project']) / spec['name']}.")
+    result = json.loads(result_file.read_text())
+    if result["peak_mem_mb"] is None:
+        result["peak_mem_mb"] = usage.ru_maxrss / 1024  # Linux reports KiB
+        result["peak_mem_kind"] = "process peak RSS (CPU)"
+    else:
+        result["peak_mem_kind"] = "torch.cuda.max_memory_allocated"
+    return result
+
+
+def measure_inference(results: dict, imgsz: int, device: str, reps: int) -> None:
+    """Params, GFLOPs and batch-1 latency (PyTorch eager, ONNX Runtime) of every best.pt, interleaved, in place."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+    from ultralytics import YOLO
+
+    from ultralytics_dsmoe.costs import latencies_ms, model_costs
+
+    cuda = device not in {"cpu", "mps"} and torch.cuda.is_available()
+    dev = torch.device(f"cuda:{str(device).split(',')[0]}" if cuda and str(device).isdigit() else "cuda" if cuda else "cpu")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    x = torch.rand(1, 3, imgsz, imgsz)
+    eager, onnx = {}, {}
+    for name, r in results.items():
+        costs = model_costs(YOLO(r["best"]).model.float().eval(), imgsz)
+        r.update(params_M=costs["params_M"], gflops=costs["gflops"])
+        model = YOLO(r["best"]).model.float().fuse().eval().to(dev)
+        xd = x.to(dev)
+        eager[name] = lambda m=model, xd=xd: (m(xd), sync())
+        file = YOLO(r["best"]).export(format="onnx", imgsz=imgsz, batch=1, dynamic=False, simplify=False, device="cpu")
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
+        session = ort.InferenceSession(file, providers=providers)
+        feed = {session.get_inputs()[0].name: x.numpy().astype(np.float32)}
+        onnx[name] = lambda s=session, f=feed: s.run(None, f)
+        r["onnx"], r["ort_provider"] = file, session.get_providers()[0]
+    for key, fns in (("eager_ms", eager), ("ort_ms", onnx)):
+        for name, ms in latencies_ms(fns, reps).items():
+            results[name][key] = ms
+
+
+def judge(results: dict) -> dict:
+    """The targets (dsmoe-n against yolov8s, same run), when both were benchmarked."""
+    if not {"dsmoe-n", "yolov8s"} <= results.keys():
+        return {}
+    d, y = results["dsmoe-n"], results["yolov8s"]
+    verdict = {}
+    for label, (key, kind, limit) in TARGETS.items():
+        value = 100 * (d[key] - y[key]) if kind == "gain_pp" else d[key] / y[key]
+        verdict[label] = {"value": value, "limit": limit, "met": value >= limit if kind == "gain_pp" else value <= limit}
+    return verdict
+
+
+def markdown(report: dict) -> str:
+    s = report["settings"]
+    lines = [f"# DS-MoE vs YOLOv8 on {s['data']}", "",
+             f"Generated by `dsmoe {' '.join(s['argv'])}` on {s['device']} ({s['date']}). Training: "
+             + ", ".join(f"{k}={v}" for k, v in s["train"].items()) + f". Metrics on the {s['split']} split; latency "
+             f"batch 1 at {s['latency_imgsz']} px, median of {s['reps']}, models interleaved.", "",
+             "| model | mAP50 | mAP50-95 | P | R | F1 | params (M) | GFLOPs | s/epoch | step (ms) | peak mem (MB) | eager (ms) | ORT (ms) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in report["models"].items():
+        lines.append(f"| {name} | {r['map50']:.3f} | {r['map50_95']:.3f} | {r['precision']:.3f} | {r['recall']:.3f} | "
+                     f"{r['f1']:.3f} | {r['params_M']:.2f} | {r['gflops']:.1f} | {r['epoch_s']:.1f} | {r['step_ms']:.0f} | "
+                     f"{r['peak_mem_mb']:.0f} | {r['eager_ms']:.1f} | {r['ort_ms']:.1f} |")
+    if report["targets"]:
+        lines += ["", "## Targets (dsmoe-n against yolov8s, this run)", "", "| target | measured | limit | met |", "|---|---:|---:|---|"]
+        lines += [f"| {k} | {v['value']:.2f} | {v['limit']} | {'yes' if v['met'] else 'no'} |" for k, v in report["targets"].items()]
+    routing = {k: r["routing"] for k, r in report["models"].items() if r.get("routing")}
+    if routing:
+        lines += ["", "## Expert routing (report split)", "", "| model | experts used | max share | normalised entropy | Switch loss |",
+                  "|---|---:|---:|---:|---:|"]
+        lines += [f"| {k} | {v['experts_used']}/{v['experts']} | {v['max_share']:.2f} | {v['entropy']:.2f} | {v['switch_loss']:.2f} |"
+                  for k, v in routing.items()]
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, file: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = report["models"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for ax, key, label in zip(axes, ("ort_ms", "gflops", "step_ms"),
+                              ("ONNX Runtime latency (ms, batch 1)", "GFLOPs", "training step (ms)")):
+        for name, r in models.items():
+            ax.scatter(r[key], 100 * r["map50_95"], s=40, color="C1" if name.startswith("dsmoe") else "C0")
+            ax.annotate(name, (r[key], 100 * r["map50_95"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.set(xlabel=label, ylabel="mAP50-95 (%)")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{report['settings']['data']}: {report['settings']['split']} split, {report['settings']['device']}")
+    fig.tight_layout()
+    fig.savefig(file, dpi=120)
+    plt.close(fig)
+
+
+def benchmark(a: argparse.Namespace, argv: list[str]) -> dict:
+    import torch
+    from ultralytics.utils import YAML, checks
+
+    out = a.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    data = stage_dataset(a.data, out / "data", a.gamma)
+    has_test = bool(YAML.load(data).get("test"))
+    split = a.split or ("test" if has_test else "val")
+    recipe = {k: v for k, v in YAML.load(checks.check_yaml(a.cfg)).items()} if a.cfg else {}
+    train = {**recipe, "imgsz": a.imgsz, "epochs": a.epochs, "batch": a.batch, "seed": a.seed, "device": a.device,
+             "workers": a.workers, "pretrained": a.pretrained, "fraction": a.fraction}
+    if a.topk:
+        base = next((m for m in a.models if Path(m).stem.startswith("dsmoe")), "dsmoe-n.yaml")
+        models = [model_yaml(base, out / "models", a.pretrained, k) for k in a.topk]
+    else:
+        models = [model_yaml(m, out / "models", a.pretrained) for m in a.models]
+    results = {}
+    for model in models:
+        name = Path(model).stem
+        weights = a.pretrained and model.endswith(".yaml") and not name.startswith("dsmoe")  # YOLO: its COCO .pt
+        spec = {"model": model, "data": str(data), "project": str(out / "runs"), "name": name, "split": split,
+                "train": {**train, "pretrained": f"{name}.pt" if weights else a.pretrained}}
+        results[name] = run_worker(spec, out / "runs")
+        if name.startswith("dsmoe"):
+            from ultralytics_dsmoe.routing import routing_report
+
+            results[name]["routing"] = routing_report(results[name]["best"], str(data), split, a.imgsz, a.batch, a.device,
+                                                      out / "routing" / name)
+    torch.set_num_threads(a.threads)
+    measure_inference(results, a.latency_imgsz, a.device, a.reps)
+    device = "CUDA " + torch.cuda.get_device_name(0) if str(a.device) not in {"cpu", "mps"} and torch.cuda.is_available() else \
+        f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores; latency with {a.threads} torch threads)"
+    report = {"settings": {"argv": ["benchmark", *argv], "data": a.data, "split": split, "train": train, "device": device,
+                           "latency_imgsz": a.latency_imgsz, "reps": a.reps, "date": time.strftime("%Y-%m-%d"),
+                           "torch": torch.__version__},
+              "models": results, "targets": judge(results)}
+    (out / "results.json").write_text(json.dumps(report, indent=2))
+    (out / "results.md").write_text(markdown(report))
+    plot(report, out / "results.png")
+    return report
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--worker"]:  # internal: one training run in a fresh process
+        spec_file, result_file = argv[1:3]
+        Path(result_file).write_text(json.dumps(train_and_evaluate(json.loads(Path(spec_file).read_text()))))
+        return None
+    p = argparse.ArgumentParser(prog="dsmoe benchmark", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, help="data yaml (a shipped name like aluminum.yaml, or a path)")
+    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="model yamls or .pt files")
+    p.add_argument("--topk", nargs="*", type=int, help=f"sweep the first DS-MoE model's top-k instead (bare: {TOPK})")
+    p.add_argument("--imgsz", type=int, default=640)
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--device", default="cpu", help="Ultralytics device: cpu, 0, 0,1 ...")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--fraction", type=float, default=1.0, help="fraction of the training set to use")
+    p.add_argument("--pretrained", action="store_true", help="start from pretrained weights (default: from scratch)")
+    p.add_argument("--cfg", help="Ultralytics cfg override yaml for every model, e.g. paper-recipe.yaml")
+    p.add_argument("--gamma", type=float, help="apply the gamma transform s = r^gamma to every image (paper: 1.5)")
+    p.add_argument("--split", help="split to report (default: test if the data has one, else val)")
+    p.add_argument("--latency-imgsz", type=int, default=640)
+    p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads for eager latency")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/run"))
+    a = p.parse_args(argv)
+    if a.topk is not None and not a.topk:
+        a.topk = list(TOPK)
+    report = benchmark(a, argv)
+    print(markdown(report))
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""The ``dsmoe`` command: plugin tools beside ``yolo`` (which trains, validates, predicts and exports DS-MoE as is).
+
+    dsmoe benchmark --data aluminum.yaml      DS-MoE vs YOLOv8, same recipe, one results table (--topk: Table 5)
+    dsmoe routing --model best.pt --data ...  per-class expert usage and load balance of a trained model
+    dsmoe convert pcb.yaml <release>          convert a public dataset release into YOLO format
+    dsmoe costs                               params, GFLOPs and the top-k cost sweep, no training
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "benchmark": "ultralytics_dsmoe.benchmark",
+    "routing": "ultralytics_dsmoe.routing",
+    "convert": "ultralytics_dsmoe.data.convert",
+    "costs": "ultralytics_dsmoe.costs",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in COMMANDS:
+        print(__doc__.strip(), file=sys.stderr if argv and argv[0] not in {"-h", "--help"} else sys.stdout)
+        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+    importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
