@@ -29,3 +29,17 @@ def test_save_load_round_trip_and_safe_load(tmp_path):
     r = run_python(code, REPO, {**os.environ, "ULTRALYTICS_SAFE_LOAD": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     assert float(r.stdout.strip().splitlines()[-1].split()[-1]) < 1e-4
+
+
+def test_checkpoint_without_the_plugin_says_what_to_install(tmp_path):
+    """No plugin in the loading environment: a clear error naming the install command, never an auto-install."""
+    file = tmp_path / "dsmoe.pt"
+    YOLO("dsmoe-n.yaml").save(file)
+    code = ("import sys; sys.modules['ultralytics_dsmoe'] = None  # not installed: any import of it fails\n"
+            f"from ultralytics import YOLO\nYOLO({str(file)!r})")
+    for safe in ("0", "1"):
+        env = {**os.environ, "ULTRALYTICS_DSMOE_AUTOLOAD": "0", "ULTRALYTICS_SAFE_LOAD": safe, "YOLO_OFFLINE": "0"}
+        r = run_python(code, REPO, env)
+        assert r.returncode != 0
+        assert "pip install ultralytics-dsmoe" in r.stderr, r.stderr[-2000:]
+        assert "AutoInstall" not in r.stderr + r.stdout and "AutoUpdate" not in r.stderr + r.stdout

@@ -21,9 +21,12 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__.strip())
+        return 0
     if not argv or argv[0] not in COMMANDS:
-        print(__doc__.strip(), file=sys.stderr if argv and argv[0] not in {"-h", "--help"} else sys.stdout)
-        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+        print(f"{__doc__.strip()}\n\nUnknown or missing command {argv[:1]}: choose one of {list(COMMANDS)}.", file=sys.stderr)
+        return 2
     importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
     return 0
 

@@ -11,7 +11,8 @@ Everything the plugin changes in Ultralytics is installed by ``install()`` below
    aggregation blocks get their auxiliary losses added (``ultralytics_dsmoe.loss.AuxLosses``).
 4. Offline: the font check and the AMP check never touch the network when Ultralytics is offline.
 5. Checkpoints: ``torch_safe_load`` first allows the plugin's and TinyViT's classes for weights-only loading
-   (``ULTRALYTICS_SAFE_LOAD=1``).
+   (``ULTRALYTICS_SAFE_LOAD=1``), and the plugin's blocks pickle through ``new_block`` under a module name that
+   tells a user without the plugin what to install (Ultralytics raises on it instead of auto-installing).
 6. Text: ``DetectionTrainer.set_model_attributes`` also fills the model's class-text buffers from the dataset
    (``ultralytics_dsmoe.text.fill_text``), before the EMA copy, DDP wrapping and the optimizer are made.
 7. Pre-processing: a data-yaml key ``gamma:`` (the paper's eq. 35) is applied to each image as
@@ -30,6 +31,7 @@ import os
 import re
 import sys
 import textwrap
+import types
 from pathlib import Path
 from typing import Callable
 
@@ -326,29 +328,63 @@ def _patch_detection_trainer(module) -> None:
     patch_function(module.DetectionTrainer, "set_model_attributes", _set_model_attributes, ("self",))
 
 
+def module_classes(module, names=None) -> list[type]:
+    """The nn.Module classes defined in ``module`` (or its submodules), optionally only those in ``names``."""
+    from torch import nn
+
+    return [v for k, v in vars(module).items() if (names is None or k in names) and isinstance(v, type)
+            and issubclass(v, nn.Module) and v.__module__.startswith(module.__name__)]
+
+
 @functools.lru_cache(maxsize=1)
 def safe_globals() -> tuple[type, ...]:
     """Classes a DS-MoE checkpoint pickles beyond Ultralytics' own allow-list: the plugin's blocks, MobileSAM's
     TinyViT modules, and torchvision's ResNet blocks (ablation configs A-B)."""
     import torchvision.models.resnet as resnet
-    from torch import nn
     from ultralytics.models.sam.modules import tiny_encoder
 
+    return (*_plugin_blocks().values(), *module_classes(tiny_encoder), resnet.Bottleneck, resnet.BasicBlock)
+
+
+CHECKPOINT_MODULE = "ultralytics.DS-MoE plugin required (pip install ultralytics-dsmoe)"
+
+
+def new_block(name: str):
+    """The constructor a checkpoint calls for each plugin block, pickled as ``<CHECKPOINT_MODULE>.new_block``.
+
+    Without the plugin that module does not exist. Its name starts with ``ultralytics.``, so Ultralytics'
+    ``torch_safe_load`` raises ``ModuleNotFoundError`` naming it (the install command) rather than trying to
+    pip-install whatever module a checkpoint names."""
+    return object.__new__(_plugin_blocks()[name])
+
+
+@functools.lru_cache(maxsize=1)
+def _plugin_blocks() -> dict[str, type]:
     import ultralytics_dsmoe.nn as blocks
 
-    def module_classes(module, names=None):
-        return [v for k, v in vars(module).items() if (names is None or k in names) and isinstance(v, type)
-                and issubclass(v, nn.Module) and v.__module__.startswith(module.__name__)]
+    return {cls.__qualname__: cls for cls in module_classes(blocks, blocks.__all__)}
 
-    return tuple(module_classes(blocks, blocks.__all__) + module_classes(tiny_encoder)
-                 + [resnet.Bottleneck, resnet.BasicBlock])
+
+def _reduce_ex(self, protocol):
+    """Pickle (and deepcopy) a plugin block as ``new_block(name)`` plus its usual state."""
+    reduced = object.__reduce_ex__(self, max(protocol, 2))  # (copyreg.__newobj__, (cls,), state, items, dict items)
+    if _plugin_blocks().get(type(self).__qualname__) is not type(self):  # a user's subclass: pickled as usual
+        return reduced
+    return (new_block, (type(self).__qualname__,), *reduced[2:])
+
+
+def name_plugin_in_checkpoints() -> None:
+    alias = sys.modules.setdefault(CHECKPOINT_MODULE, types.ModuleType(CHECKPOINT_MODULE))
+    alias.new_block, new_block.__module__ = new_block, CHECKPOINT_MODULE
+    for cls in _plugin_blocks().values():
+        cls.__reduce_ex__ = _reduce_ex
 
 
 def _torch_safe_load(original):
     def torch_safe_load(weight, *args, **kwargs):
         import torch
 
-        torch.serialization.add_safe_globals(list(safe_globals()))  # for ULTRALYTICS_SAFE_LOAD=1 (weights_only)
+        torch.serialization.add_safe_globals([*safe_globals(), new_block])  # ULTRALYTICS_SAFE_LOAD=1 (weights_only)
         return original(weight, *args, **kwargs)
 
     return torch_safe_load
@@ -411,6 +447,7 @@ def install() -> None:
     patch_function(checks, "check_amp", _check_amp, ("model",))
     patch_function(tasks.DetectionModel, "init_criterion", _init_criterion, ("self",))  # class level: EMA copy too
     patch_function(tasks, "torch_safe_load", _torch_safe_load, ("weight",))
+    name_plugin_in_checkpoints()
     # Text embeddings: filled once the dataset's names are known, before EMA, DDP and the optimizer exist. The trainer
     # module imports ultralytics.models, which cannot be imported while ultralytics.nn is still loading: patch it
     # when it has been imported.

@@ -1,4 +1,4 @@
-"""The paper's gamma pre-processing (eq. 35): data-yaml key -> every image the trainer reads, predict for checkpoints."""
+"""The paper's pre-processing: gamma (eq. 35) as a data-yaml key, and the training recipe as a cfg override file."""
 
 import numpy as np
 import pytest
@@ -59,3 +59,14 @@ def test_predict_applies_the_recorded_gamma():
     model.yaml.pop("gamma")
     assert np.array_equal(corrected, predictor.pre_transform([apply_gamma(im.copy(), 1.5)])[0])
     assert not np.array_equal(plain, corrected)
+
+
+def test_paper_recipe_is_a_valid_cfg_override_from_any_folder(tmp_path, monkeypatch):
+    from ultralytics.utils import YAML, checks
+
+    monkeypatch.chdir(tmp_path)
+    recipe = YAML.load(checks.check_yaml("paper-recipe.yaml"))
+    assert recipe == {"optimizer": "Adam", "lr0": 0.001, "cos_lr": True, "weight_decay": 0.001, "momentum": 0.9,
+                      "imgsz": 640, "batch": 8, "mixup": 0.5, "seed": 42, "deterministic": True}
+    cfg = get_cfg(overrides={**recipe, "epochs": 3})  # every key is a real Ultralytics setting
+    assert (cfg.optimizer, cfg.mixup, cfg.seed, cfg.epochs) == ("Adam", 0.5, 42, 3)

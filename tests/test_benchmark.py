@@ -1,0 +1,138 @@
+"""`dsmoe benchmark` and `dsmoe routing`: the dataset view, the per-model figures, the targets and the routing report."""
+
+import json
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import REPO, run
+from ultralytics import YOLO
+from ultralytics.nn.tasks import yaml_model_load
+from ultralytics.utils import YAML
+
+from ultralytics_dsmoe import benchmark
+from ultralytics_dsmoe.data.synthetic import generate
+from ultralytics_dsmoe.nn import MobileSAMEncoder, SparseMoE
+from ultralytics_dsmoe.routing import routing_report
+
+NAMES = {0: "pinhole", 1: "scratch", 2: "stain", 3: "crease"}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """A user's dataset folder (made read-only by convention: nothing may be written into it) and its yaml."""
+    root = tmp_path_factory.mktemp("bench")
+    generate(root / "set", seed=2, train=8, val=4, imgsz=64)
+    (root / "prompts.yaml").write_text("pinhole: a tiny dark pit\n")
+    YAML.save(root / "set" / "data.yaml", {"train": "images/train", "val": "images/val", "names": NAMES,
+                                            "prompts": "../prompts.yaml"})
+    return root
+
+
+def files(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_dataset_view_keeps_the_users_folder_untouched(dataset, tmp_path):
+    before = files(dataset / "set")
+    view = benchmark.stage_dataset(str(dataset / "set" / "data.yaml"), tmp_path / "data", gamma=1.5)
+    d = YAML.load(view)
+    assert d["gamma"] == 1.5 and d["names"] == NAMES and "test" not in d
+    assert d["prompts"] == str(dataset / "prompts.yaml")  # relative to the original yaml, made absolute
+    images = sorted((tmp_path / "data" / "images" / "train").iterdir())
+    assert len(images) == 8 and all(p.is_symlink() for p in images)
+    label = tmp_path / "data" / "labels" / "train" / f"{images[0].stem}.txt"
+    assert label.resolve() == (dataset / "set" / "labels" / "train" / label.name).resolve()
+    from ultralytics.cfg import get_cfg
+    from ultralytics.data import build_yolo_dataset
+    from ultralytics.data.utils import check_det_dataset
+
+    data = check_det_dataset(str(view))
+    ds = build_yolo_dataset(get_cfg(overrides={"imgsz": 64}), data["train"], 2, data, mode="val")
+    assert len(ds) == 8 and sum(len(lb["cls"]) for lb in ds.labels) > 0
+    assert (tmp_path / "data" / "labels" / "train.cache").is_file()  # the cache lands in the view
+    assert files(dataset / "set") == before
+
+
+def test_topk_models_and_scratch_encoder(tmp_path):
+    file = benchmark.model_yaml("dsmoe-n.yaml", tmp_path, pretrained=False, topk=2)
+    assert file.endswith("dsmoe-k2-n.yaml")
+    model = YOLO(file).model
+    moe = next(m for m in model.modules() if isinstance(m, SparseMoE))
+    assert (moe.ne, moe.k) == (32, 2)
+    assert yaml_model_load(file)["backbone"][0][3][0] == "none"  # never mobile_sam.pt unless --pretrained
+    assert any(isinstance(m, MobileSAMEncoder) for m in model.modules())
+    assert benchmark.model_yaml("best.pt", tmp_path, pretrained=False) == "best.pt"
+
+
+def test_targets_are_judged_dsmoe_n_against_yolov8s():
+    y = {"map50_95": 0.40, "ort_ms": 100.0, "step_ms": 200.0, "peak_mem_mb": 1000.0}
+    d = {"map50_95": 0.43, "ort_ms": 101.0, "step_ms": 290.0, "peak_mem_mb": 1600.0}
+    verdict = benchmark.judge({"yolov8s": y, "dsmoe-n": d})
+    values = {k: (round(v["value"], 4), v["met"]) for k, v in verdict.items()}
+    assert values == {"mAP50-95 gain over yolov8s (pp)": (3.0, True), "ONNX Runtime latency vs yolov8s": (1.01, False),
+                      "training-step time vs yolov8s": (1.45, True), "peak training memory vs yolov8s": (1.6, False)}
+    assert benchmark.judge({"yolov8n": y, "dsmoe-n": d}) == {}  # no yolov8s in the run: nothing to judge
+
+
+def test_routing_report_counts_match_per_image_routing(dataset, tmp_path):
+    torch.manual_seed(0)
+    model = YOLO("dsmoe-n.yaml")
+    model.model.yaml["scale"] = "n"
+    for m in model.model.modules():  # a spread of routings, as after training
+        if isinstance(m, SparseMoE):
+            torch.nn.init.normal_(m.router.queries, std=3.0)
+    weights = tmp_path / "m.pt"
+    model.save(weights)
+    data = str(dataset / "set" / "data.yaml")
+    report = routing_report(str(weights), data, "val", imgsz=64, batch=3, out=tmp_path / "r")
+    assert (tmp_path / "r" / "routing.png").stat().st_size > 0
+    assert json.loads((tmp_path / "r" / "routing.json").read_text())["experts_used"] == report["experts_used"]
+    assert report["images"] == 4 and report["k"] == 5 and abs(sum(report["share"]) - 1) < 1e-6
+    for name, row in report["usage"].items():  # each image picks k experts: a class's row sums to k
+        assert abs(sum(row) - 5 * (report["images_per_class"][name] > 0)) < 1e-5
+    # reference: route each val image alone and count
+    from ultralytics.cfg import get_cfg
+    from ultralytics.data import build_yolo_dataset
+    from ultralytics.data.utils import check_det_dataset
+
+    net = YOLO(str(weights)).model.float().eval()
+    moe = next(m for m in net.modules() if isinstance(m, SparseMoE))
+    d = check_det_dataset(data)
+    ds = build_yolo_dataset(get_cfg(overrides={"imgsz": 64, "rect": False}), d["val"], 1, d, mode="val")
+    slots = torch.zeros(32)
+    with torch.no_grad():
+        for i in range(len(ds)):
+            net(ds[i]["img"][None].float() / 255)
+            slots += F.one_hot(moe.last_routing[1], 32).sum((0, 1)).float()
+    assert torch.allclose(torch.tensor(report["share"]), slots / slots.sum(), atol=1e-6)
+    assert report["experts_used"] == int((slots > 0).sum()) >= 5
+    assert 1 - 1e-6 <= report["switch_loss"] <= 32 / 5 + 1e-6
+
+
+def test_benchmark_end_to_end(dataset, tmp_path):
+    """Two models, 1 epoch at 64 px: every figure of the table, the plot, routing and the exported ONNX files."""
+    out = tmp_path / "bench"
+    r = run([sys.executable, "-m", "ultralytics_dsmoe.cli", "benchmark", "--data", str(dataset / "set" / "data.yaml"),
+             "--models", "yolov8n.yaml", "dsmoe-n.yaml", "--imgsz", "64", "--epochs", "1", "--batch", "4",
+             "--workers", "0", "--latency-imgsz", "64", "--reps", "2", "--threads", "1", "--out", str(out)], REPO)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    report = json.loads((out / "results.json").read_text())
+    assert list(report["models"]) == ["yolov8n", "dsmoe-n"] and report["settings"]["split"] == "val"
+    assert report["settings"]["train"]["seed"] == 42 and report["settings"]["train"]["pretrained"] is False
+    for name, m in report["models"].items():
+        assert 0 <= m["map50_95"] <= m["map50"] <= 1 and m["epochs"] == 1
+        assert m["params_M"] > 1 and m["gflops"] > 0 and m["step_ms"] > 0 and m["peak_mem_mb"] > 100
+        assert m["eager_ms"] > 0 and m["ort_ms"] > 0 and m["onnx"].endswith(".onnx")
+    assert report["models"]["dsmoe-n"]["gflops"] > report["models"]["yolov8n"]["gflops"]
+    assert report["models"]["dsmoe-n"]["routing"]["experts_used"] >= 5 and "routing" not in report["models"]["yolov8n"]
+    assert report["targets"] == {}  # no yolov8s in this run
+    table = (out / "results.md").read_text()
+    assert "| yolov8n |" in table and "| dsmoe-n |" in table and (out / "results.png").stat().st_size > 0
+    assert (out / "routing" / "dsmoe-n" / "routing.png").is_file()
+
+
+def test_dsmoe_command_lists_its_subcommands():
+    r = run([sys.executable, "-m", "ultralytics_dsmoe.cli"], REPO)
+    assert r.returncode == 2 and all(c in r.stderr for c in ("benchmark", "routing", "convert", "costs"))
