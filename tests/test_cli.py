@@ -163,3 +163,35 @@ except KeyboardInterrupt:
     assert [row[0].strip() for row in rows[1:]] == ["1", "2"]
     assert {"train/moe_loss", "train/align_loss", "val/moe_loss", "val/align_loss"} <= set(header)
     assert all(len(row) == len(header) for row in rows[1:])
+
+
+def test_nan_epoch_is_recovered_from_last_pt(sandbox):
+    """Ultralytics' NaN guard on a DS-MoE run: a NaN loss with NaN expert weights in epoch 2 of 3 reloads last.pt
+    (model, EMA, optimizer), the epoch is redone, and the run ends with finite weights and its class texts intact."""
+    root, env, log = sandbox
+    code = f"""
+import torch
+from ultralytics import YOLO
+from ultralytics_dsmoe.nn import ClassText, SparseMoE
+model, seen = YOLO("dsmoe-n.yaml"), {{}}
+def poison(trainer):
+    net = trainer.model
+    if trainer.epoch == 1 and "texts" not in seen:
+        seen["texts"] = next(m for m in net.modules() if isinstance(m, ClassText)).embeddings.clone()
+        next(m for m in net.modules() if isinstance(m, SparseMoE)).weight.data.fill_(float("nan"))
+        trainer.loss = torch.tensor(float("nan"))
+model.add_callback("on_train_epoch_end", poison)
+model.train(data={str(root / 'data.yaml')!r}, epochs=3, imgsz=64, batch=4, workers=0, plots=False,
+            project={str(root / 'runs')!r}, name="nan", exist_ok=True)
+best = YOLO({str(root / 'runs' / 'nan' / 'weights' / 'best.pt')!r}).model
+print("finite", all(torch.isfinite(p).all().item() for p in best.parameters()))
+print("texts", torch.equal(next(m for m in best.modules() if isinstance(m, ClassText)).embeddings.float(),
+                           seen["texts"].half().float()))
+"""
+    r = run_python(code, root / "work", env)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    assert "Loss NaN/Inf detected (attempt 1/3), recovering from last.pt" in out
+    assert "finite True" in r.stdout and "texts True" in r.stdout
+    with open(root / "runs" / "nan" / "results.csv") as f:
+        assert [row[0].strip() for row in list(csv.reader(f))[1:]] == ["1", "2", "3"]  # the bad epoch left no row
