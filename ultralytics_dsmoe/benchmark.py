@@ -225,6 +225,13 @@ def markdown(report: dict) -> str:
     if report["targets"]:
         lines += ["", "## Targets (dsmoe-n against yolov8s, this run)", "", "| target | measured | limit | met |", "|---|---:|---:|---|"]
         lines += [f"| {k} | {v['value']:.2f} | {v['limit']} | {'yes' if v['met'] else 'no'} |" for k, v in report["targets"].items()]
+    if report["topk"]:
+        lines += ["", "## Top-k sweep (the paper's Table 5 columns)", "",
+                  "| k | mAP50 | eager (ms) | ORT (ms) | GFLOPs | recall | F1 |", "|---:|---:|---:|---:|---:|---:|---:|"]
+        for k, name in report["topk"].items():
+            r = report["models"][name]
+            lines.append(f"| {k} | {r['map50']:.3f} | {r['eager_ms']:.1f} | {r['ort_ms']:.1f} | {r['gflops']:.2f} | "
+                         f"{r['recall']:.3f} | {r['f1']:.3f} |")
     routing = {k: r["routing"] for k, r in report["models"].items() if r.get("routing")}
     if routing:
         lines += ["", "## Expert routing (report split)", "", "| model | experts used | max share | normalised entropy | Switch loss |",
@@ -235,20 +242,30 @@ def markdown(report: dict) -> str:
 
 
 def plot(report: dict, file: Path) -> None:
+    """Accuracy against cost: per model (latency, GFLOPs, step time), or against k for a top-k sweep."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    models = report["models"]
+    models, topk = report["models"], report["topk"]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for ax, key, label in zip(axes, ("ort_ms", "gflops", "step_ms"),
-                              ("ONNX Runtime latency (ms, batch 1)", "GFLOPs", "training step (ms)")):
-        for name, r in models.items():
-            ax.scatter(r[key], 100 * r["map50_95"], s=40, color="C1" if name.startswith("dsmoe") else "C0")
-            ax.annotate(name, (r[key], 100 * r["map50_95"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        ax.set(xlabel=label, ylabel="mAP50-95 (%)")
-        ax.grid(alpha=0.3)
+    if topk:
+        runs = [models[name] for name in topk.values()]
+        for ax, key, label in zip(axes, ("map50", "ort_ms", "gflops"), ("mAP50", "ONNX Runtime latency (ms)", "GFLOPs")):
+            ax.plot(list(topk), [r[key] for r in runs], "o-", color="C1")
+            ax.set_xscale("log", base=2)
+            ax.set(xticks=list(topk), xticklabels=list(topk), xlabel="top-k experts", ylabel=label)
+            ax.minorticks_off()
+            ax.grid(alpha=0.3)
+    else:
+        for ax, key, label in zip(axes, ("ort_ms", "gflops", "step_ms"),
+                                  ("ONNX Runtime latency (ms, batch 1)", "GFLOPs", "training step (ms)")):
+            for name, r in models.items():
+                ax.scatter(r[key], 100 * r["map50_95"], s=40, color="C1" if name.startswith("dsmoe") else "C0")
+                ax.annotate(name, (r[key], 100 * r["map50_95"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            ax.set(xlabel=label, ylabel="mAP50-95 (%)")
+            ax.grid(alpha=0.3)
     fig.suptitle(f"{report['settings']['data']}: {report['settings']['split']} split, {report['settings']['device']}")
     fig.tight_layout()
     fig.savefig(file, dpi=120)
@@ -291,7 +308,8 @@ def benchmark(a: argparse.Namespace, argv: list[str]) -> dict:
     report = {"settings": {"argv": ["benchmark", *argv], "data": a.data, "split": split, "train": train, "device": device,
                            "latency_imgsz": a.latency_imgsz, "reps": a.reps, "date": time.strftime("%Y-%m-%d"),
                            "torch": torch.__version__},
-              "models": results, "targets": judge(results)}
+              "models": results, "targets": judge(results),
+              "topk": {k: Path(m).stem for k, m in zip(a.topk, models)} if a.topk else {}}
     (out / "results.json").write_text(json.dumps(report, indent=2))
     (out / "results.md").write_text(markdown(report))
     plot(report, out / "results.png")
