@@ -136,3 +136,20 @@ def test_benchmark_end_to_end(dataset, tmp_path):
 def test_dsmoe_command_lists_its_subcommands():
     r = run([sys.executable, "-m", "ultralytics_dsmoe.cli"], REPO)
     assert r.returncode == 2 and all(c in r.stderr for c in ("benchmark", "routing", "convert", "costs"))
+
+
+def test_topk_report_has_the_table5_columns(tmp_path):
+    def run_figures(k):  # what a worker and the inference phase record for one model
+        return {"map50": 0.5 + k / 100, "map50_95": 0.3, "precision": 0.6, "recall": 0.4 + k / 100, "f1": 0.5,
+                "params_M": 10.7, "gflops": 35 + k / 10, "epoch_s": 60.0, "step_ms": 900.0, "peak_mem_mb": 2000.0,
+                "eager_ms": 600.0 + k, "ort_ms": 300.0 + k}
+
+    report = {"settings": {"argv": ["benchmark", "--topk"], "data": "aluminum.yaml", "split": "test", "device": "CPU",
+                           "date": "today", "latency_imgsz": 640, "reps": 3, "train": {"epochs": 1}},
+              "models": {f"dsmoe-k{k}-n": run_figures(k) for k in (1, 5, 32)}, "targets": {},
+              "topk": {1: "dsmoe-k1-n", 5: "dsmoe-k5-n", 32: "dsmoe-k32-n"}}
+    table = benchmark.markdown(report).split("## Top-k sweep")[1]
+    assert "| 1 | 0.510 | 601.0 | 301.0 | 35.10 | 0.410 | 0.500 |" in table
+    assert table.index("| 5 |") < table.index("| 32 |")
+    benchmark.plot(report, tmp_path / "topk.png")
+    assert (tmp_path / "topk.png").stat().st_size > 0
