@@ -153,3 +153,22 @@ def test_topk_report_has_the_table5_columns(tmp_path):
     assert table.index("| 5 |") < table.index("| 32 |")
     benchmark.plot(report, tmp_path / "topk.png")
     assert (tmp_path / "topk.png").stat().st_size > 0
+
+
+def test_an_interrupted_benchmark_reuses_finished_runs_only(tmp_path, monkeypatch):
+    best = tmp_path / "best.pt"
+    best.write_bytes(b"weights")
+    spec = {"model": "yolov8n.yaml", "name": "yolov8n", "project": str(tmp_path), "train": {"epochs": 3}}
+    done = {"best": str(best), "map50": 0.5, "peak_mem_mb": 900.0, "spec": spec}
+    (tmp_path / "yolov8n.result.json").write_text(json.dumps(done))
+    started = []
+
+    def popen(*args, **kwargs):
+        started.append(args)
+        raise RuntimeError("would train")
+
+    monkeypatch.setattr(benchmark.subprocess, "Popen", popen)
+    assert benchmark.run_worker(spec, tmp_path) == {k: v for k, v in done.items() if k != "spec"} and not started
+    with pytest.raises(RuntimeError, match="would train"):  # another setting: trained again, never reused
+        benchmark.run_worker({**spec, "train": {"epochs": 4}}, tmp_path)
+    assert started and not (tmp_path / "yolov8n.result.json").exists()

@@ -148,9 +148,17 @@ def train_and_evaluate(spec: dict) -> dict:
 
 
 def run_worker(spec: dict, folder: Path) -> dict:
-    """``train_and_evaluate`` in a fresh Python process; on CPU its peak resident memory is the training memory."""
+    """``train_and_evaluate`` in a fresh Python process; on CPU its peak resident memory is the training memory.
+
+    A finished run is reused when the benchmark is repeated with the identical spec (delete its
+    ``<name>.result.json`` to train it again), so an interrupted benchmark resumes where it stopped."""
     folder.mkdir(parents=True, exist_ok=True)
     spec_file, result_file = folder / f"{spec['name']}.spec.json", folder / f"{spec['name']}.result.json"
+    done = json.loads(result_file.read_text()) if result_file.exists() else {}
+    if done.get("spec") == spec and done.get("peak_mem_mb") is not None and Path(done["best"]).exists():
+        print(f"dsmoe benchmark: reusing the finished run {result_file}")
+        return {k: v for k, v in done.items() if k != "spec"}
+    result_file.unlink(missing_ok=True)
     spec_file.write_text(json.dumps(spec, indent=2))
     proc = subprocess.Popen([sys.executable, "-m", "ultralytics_dsmoe.benchmark", "--worker", str(spec_file), str(result_file)])
     _, status, usage = os.wait4(proc.pid, 0)
@@ -164,6 +172,7 @@ def run_worker(spec: dict, folder: Path) -> dict:
         result["peak_mem_kind"] = "process peak RSS (CPU)"
     else:
         result["peak_mem_kind"] = "torch.cuda.max_memory_allocated"
+    result_file.write_text(json.dumps({**result, "spec": spec}, indent=2))
     return result
 
 
