@@ -182,11 +182,12 @@ def measure_inference(results: dict, imgsz: int, device: str, reps: int) -> None
     import onnxruntime as ort
     import torch
     from ultralytics import YOLO
+    from ultralytics.utils.torch_utils import select_device
 
     from ultralytics_dsmoe.costs import latencies_ms, model_costs
 
-    cuda = device not in {"cpu", "mps"} and torch.cuda.is_available()
-    dev = torch.device(f"cuda:{str(device).split(',')[0]}" if cuda and str(device).isdigit() else "cuda" if cuda else "cpu")
+    dev = select_device(str(device).split(",")[0], verbose=False)  # latency on one device, the first given
+    cuda = dev.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     x = torch.rand(1, 3, imgsz, imgsz)
     eager, onnx = {}, {}
