@@ -43,3 +43,20 @@ def test_checkpoint_without_the_plugin_says_what_to_install(tmp_path):
         assert r.returncode != 0
         assert "pip install ultralytics-dsmoe" in r.stderr, r.stderr[-2000:]
         assert "AutoInstall" not in r.stderr + r.stdout and "AutoUpdate" not in r.stderr + r.stdout
+
+
+def test_checkpoint_from_another_plugin_version_is_named(tmp_path, caplog):
+    from ultralytics_dsmoe import __version__
+
+    model = YOLO("dsmoe-n.yaml")
+    assert model.model.yaml["dsmoe_version"] == __version__  # recorded when the blocks are built
+    assert "dsmoe_version" not in YOLO("yolov8n.yaml").model.yaml  # stock models are left alone
+    model.save(tmp_path / "same.pt")
+    model.model.yaml["dsmoe_version"] = "0.0.1"
+    model.save(tmp_path / "old.pt")
+    with caplog.at_level("WARNING"):
+        YOLO(tmp_path / "same.pt")
+        assert "was made with ultralytics-dsmoe" not in caplog.text
+        YOLO(tmp_path / "old.pt")
+    assert f"old.pt was made with ultralytics-dsmoe 0.0.1; this is {__version__}" in caplog.text
+    assert "pip install ultralytics-dsmoe==0.0.1" in caplog.text

@@ -13,6 +13,8 @@ Everything the plugin changes in Ultralytics is installed by ``install()`` below
 5. Checkpoints: ``torch_safe_load`` first allows the plugin's and TinyViT's classes for weights-only loading
    (``ULTRALYTICS_SAFE_LOAD=1``), and the plugin's blocks pickle through ``new_block`` under a module name that
    tells a user without the plugin what to install (Ultralytics raises on it instead of auto-installing).
+   ``DetectionModel.__init__`` records the plugin version in models with DS-MoE blocks; loading a checkpoint
+   made by another version says so and names the version to install.
 6. Text: ``DetectionTrainer.set_model_attributes`` also fills the model's class-text buffers from the dataset
    (``ultralytics_dsmoe.text.fill_text``), before the EMA copy, DDP wrapping and the optimizer are made.
 7. Pre-processing: a data-yaml key ``gamma:`` (the paper's eq. 35) is applied to each image as
@@ -40,6 +42,7 @@ from ultralytics.nn import tasks
 from ultralytics.utils import LOGGER, USER_CONFIG_DIR, WEIGHTS_DIR, checks
 from ultralytics.utils.ops import make_divisible
 
+from ultralytics_dsmoe import __version__
 from ultralytics_dsmoe.data.gamma import apply_gamma, checked_gamma
 from ultralytics_dsmoe.nn import (
     CBAM,
@@ -264,6 +267,15 @@ def _guess_model_scale(original):
     return guess_model_scale
 
 
+def _model_init(original):
+    def __init__(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        if any(type(m) in _plugin_blocks().values() for m in self.model):
+            self.yaml["dsmoe_version"] = __version__  # travels in checkpoints: see warn_other_version
+
+    return __init__
+
+
 def _init_criterion(original):
     def init_criterion(self):
         from ultralytics_dsmoe.loss import LOSSES, AuxLosses  # lazy: the loss module imports ultralytics.utils.loss
@@ -385,9 +397,20 @@ def _torch_safe_load(original):
         import torch
 
         torch.serialization.add_safe_globals([*safe_globals(), new_block])  # ULTRALYTICS_SAFE_LOAD=1 (weights_only)
-        return original(weight, *args, **kwargs)
+        ckpt, file = original(weight, *args, **kwargs)
+        warn_other_version(ckpt, file)
+        return ckpt, file
 
     return torch_safe_load
+
+
+def warn_other_version(ckpt: dict, file) -> None:
+    """Say so when a checkpoint's DS-MoE blocks were built by another plugin version (their code may differ)."""
+    yaml = getattr(ckpt.get("ema") or ckpt.get("model"), "yaml", None)
+    made = yaml.get("dsmoe_version") if isinstance(yaml, dict) else None
+    if made is not None and made != __version__:
+        LOGGER.warning(f"{file} was made with ultralytics-dsmoe {made}; this is {__version__}. If loading, predicting "
+                       f"or training it fails, use the version that made it: pip install ultralytics-dsmoe=={made}")
 
 
 def is_offline() -> bool:
@@ -445,6 +468,7 @@ def install() -> None:
     patch_function(tasks, "guess_model_scale", _guess_model_scale, ("model_path",))
     patch_function(checks, "check_font", _check_font, ("font",))
     patch_function(checks, "check_amp", _check_amp, ("model",))
+    patch_function(tasks.DetectionModel, "__init__", _model_init, ("self", "cfg"))
     patch_function(tasks.DetectionModel, "init_criterion", _init_criterion, ("self",))  # class level: EMA copy too
     patch_function(tasks, "torch_safe_load", _torch_safe_load, ("weight",))
     name_plugin_in_checkpoints()
