@@ -33,7 +33,6 @@ import sys
 import time
 from pathlib import Path
 
-IMAGE_SUFFIXES = {".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"}
 DEFAULT_MODELS = ("yolov8n.yaml", "yolov8s.yaml", "dsmoe-n.yaml")
 TOPK = (1, 2, 4, 5, 8, 16, 32)
 TARGETS = {  # (measured key, dsmoe-n vs yolov8s, limit); the issue's targets, judged on one run
@@ -49,6 +48,8 @@ def stage_dataset(data: str, out: Path, gamma: float | None) -> Path:
     land in ``out``), with ``gamma`` added when given. Downloads/converts the dataset first if its yaml says how."""
     from ultralytics.data.utils import check_det_dataset, img2label_paths
     from ultralytics.utils import YAML
+
+    from ultralytics_dsmoe.data.convert import IMAGE_SUFFIXES
 
     d = check_det_dataset(data)
     view = {"path": str(out), "names": d["names"], "channels": d.get("channels", 3)}
@@ -179,7 +180,8 @@ def run_worker(spec: dict, folder: Path) -> dict:
 
 
 def measure_inference(results: dict, imgsz: int, device: str, reps: int) -> None:
-    """Params, GFLOPs and batch-1 latency (PyTorch eager, ONNX Runtime) of every best.pt, interleaved, in place."""
+    """Params, GFLOPs and batch-1 latency (PyTorch eager interleaved, then ONNX Runtime one model after the other) of
+    every best.pt, in place."""
     import numpy as np
     import onnxruntime as ort
     import torch
@@ -194,12 +196,13 @@ def measure_inference(results: dict, imgsz: int, device: str, reps: int) -> None
     x = torch.rand(1, 3, imgsz, imgsz)
     eager, onnx = {}, {}
     for name, r in results.items():
-        costs = model_costs(YOLO(r["best"]).model.float().eval(), imgsz)
+        checkpoint = YOLO(r["best"])
+        costs = model_costs(checkpoint.model.float().eval(), imgsz)  # before fusing: the trained params, unfolded
         r.update(params_M=costs["params_M"], gflops=costs["gflops"])
-        model = YOLO(r["best"]).model.float().fuse().eval().to(dev)
+        file = checkpoint.export(format="onnx", imgsz=imgsz, batch=1, dynamic=False, simplify=False, device="cpu")
+        model = checkpoint.model.fuse().eval().to(dev)  # the exporter worked on its own copy
         xd = x.to(dev)
         eager[name] = lambda m=model, xd=xd: (m(xd), sync())
-        file = YOLO(r["best"]).export(format="onnx", imgsz=imgsz, batch=1, dynamic=False, simplify=False, device="cpu")
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
         session = ort.InferenceSession(file, providers=providers)
         feed = {session.get_inputs()[0].name: x.numpy().astype(np.float32)}

@@ -307,8 +307,10 @@ def _set_model_attributes(original):
         model = unwrap_model(self.model)
         fill_text(model, self.data["names"], self.data.get("prompts"), root)
         gamma = checked_gamma(self.data.get("gamma"))
-        if isinstance(model.yaml, dict):  # saved with the checkpoint: predict applies the same pre-processing
-            model.yaml.pop("gamma", None) if gamma is None else model.yaml.update(gamma=gamma)
+        if isinstance(model.yaml, dict) and gamma is not None:  # saved with the checkpoint: predict applies it too
+            model.yaml["gamma"] = gamma
+        elif isinstance(model.yaml, dict):
+            model.yaml.pop("gamma", None)
 
     return set_model_attributes
 

@@ -25,6 +25,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from PIL import Image
+from ultralytics.data.utils import img2label_paths
 from ultralytics.utils import LOGGER, SETTINGS, YAML
 
 IMAGE_SUFFIXES = {".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"}
@@ -219,9 +220,8 @@ def read_deeppcb(root: Path) -> list[Record]:
 
 
 def yolo_label(image: Path) -> Path:
-    """The label file of an image, by the Ultralytics rule (last ``/images/`` -> ``/labels/``, suffix ``.txt``)."""
-    sa, sb = f"{os.sep}images{os.sep}", f"{os.sep}labels{os.sep}"
-    return Path(sb.join(str(image).rsplit(sa, 1))).with_suffix(".txt")
+    """The label file of an image, by Ultralytics' own rule (last ``/images/`` -> ``/labels/``, suffix ``.txt``)."""
+    return Path(img2label_paths([image])[0])
 
 
 def yolo_images(root: Path) -> list[Path]:
