@@ -24,6 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ultralytics.nn.tasks import DetectionModel, yaml_model_load
 
+from ultralytics_dsmoe.nn.encoder import SpatialPrior
 from ultralytics_dsmoe.nn import (
     CBAM,
     AnisotropicDSConv,
@@ -40,8 +41,9 @@ from ultralytics_dsmoe.nn import (
 TOPK = (1, 2, 4, 5, 8, 16, 32)
 YOLO = ("yolov8n", "yolov8s", "yolov8m")
 DSMOE = ("dsmoe-n", "dsmoe-s", "dsmoe-m", "dsmoe-p2-n") + tuple(f"dsmoe-ablation-{c}-n" for c in "abcde")
-STAGES = {  # cost breakdown rows: label -> block types
-    "Stage 3 MobileSAM encoder": (MobileSAMEncoder,),
+STAGES = {  # cost breakdown rows: label -> block types (found at any depth, e.g. inside HybridEncoder)
+    "Stage 3 MobileSAM TinyViT": (MobileSAMEncoder,),
+    "Stage 3 full-resolution stem + fusion (HybridEncoder)": (SpatialPrior,),
     "Stage 3-4 DSConv adapters + CBAM": (AnisotropicDSConv, CBAM),
     "Stages 1-2 text": (ClassText, SemanticDistill),
     "Stage 5 hyperbolic alignment": (HyperbolicAlign,),
@@ -77,9 +79,8 @@ def count_flops(fn) -> tuple[float, dict]:
 def model_costs(model: DetectionModel, imgsz: int) -> dict:
     """Params (M), total GFLOPs, and GFLOPs per paper stage (the rest is the YOLO neck and head)."""
     total, per_module = count_flops(lambda: model(torch.zeros(1, 3, imgsz, imgsz)))
-    names = {m: f"DetectionModel.model.{i}" for i, m in enumerate(model.model)}
     stages = {
-        label: sum(per_module.get(names[m], 0.0) for m in model.model if isinstance(m, types))
+        label: sum(per_module.get(f"DetectionModel.{name}", 0.0) for name, m in model.named_modules() if isinstance(m, types))
         for label, types in STAGES.items()
     }
     stages["YOLO neck + head (stride-32 stage, PAN, Detect)"] = total - sum(stages.values())

@@ -50,6 +50,7 @@ from ultralytics_dsmoe.nn import (
     ClassText,
     ExpertEnsemble,
     FeatureAggregate,
+    HybridEncoder,
     HyperbolicAlign,
     MobileSAMEncoder,
     Pick,
@@ -98,6 +99,12 @@ def listed_output(m, c1, args, scale):
     return list(m.out_channels), [c1, *args]
 
 
+def hybrid_output(m, c1, args, scale):
+    """HybridEncoder(c1, weights, ratio, stem): a list of maps like ``listed_output``; the stem width is scaled."""
+    weights, ratio, stem = (list(args) + ["auto", 0.5, 0][len(args):])[:3]
+    return list(m.out_channels), [c1, weights, ratio, scale(stem) if stem else 0]
+
+
 def picked_output(m, c1, args, scale):
     """Pick(c1, i) takes element i of a list-returning block."""
     return c1[args[0]], [c1, *args]
@@ -115,6 +122,7 @@ def geometry_output(m, c1, args, scale):
 
 BLOCKS: dict[str, tuple[type, ChannelRule]] = {
     "MobileSAMEncoder": (MobileSAMEncoder, listed_output),  # Stage 3
+    "HybridEncoder": (HybridEncoder, hybrid_output),  # Stage 3, reduced-resolution TinyViT + full-resolution stem
     "Pick": (Pick, picked_output),
     "AnisotropicDSConv": (AnisotropicDSConv, same_channels),  # Stage 3, eqs. 4-5
     "CBAM": (CBAM, same_channels),  # Stage 4

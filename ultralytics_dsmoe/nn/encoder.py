@@ -1,9 +1,11 @@
-"""Stage 3 backbone: the MobileSAM image encoder (TinyViT) as a YAML block.
+"""Stage 3 backbone: the MobileSAM image encoder (TinyViT) as YAML blocks.
 
 The encoder is the TinyViT-5M that MobileSAM distilled from SAM's ViT-H, exactly as Ultralytics ships it
 (``ultralytics.models.sam.modules.tiny_encoder``), so ``mobile_sam.pt`` image-encoder weights load strictly.
-It returns a list of feature maps; ``Pick`` rows select them by index in the YAML. ``AnisotropicDSConv`` is the
-Stage 3 adapter the paper adds on each encoder level (eqs. 3-5).
+``MobileSAMEncoder`` runs it at the input resolution (the paper's setting); ``HybridEncoder`` runs it on a
+reduced-resolution copy beside a light full-resolution convolutional stem (ViT-Adapter's spatial prior), at a
+fraction of the cost. Both return a list of feature maps; ``Pick`` rows select them by index in the YAML.
+``AnisotropicDSConv`` is the Stage 3 adapter the paper adds on each encoder level (eqs. 3-5).
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ultralytics.nn.modules import C2f, Conv
 from ultralytics.utils import LOGGER, WEIGHTS_DIR
+from ultralytics.utils.torch_utils import fuse_conv_and_bn
 
-__all__ = ("AnisotropicDSConv", "MobileSAMEncoder", "Pick")
+__all__ = ("AnisotropicDSConv", "HybridEncoder", "MobileSAMEncoder", "Pick", "fold_batchnorms")
 
 # MobileSAM's TinyViT configuration (ultralytics/models/sam/build.py::build_mobile_sam).
 TINYVIT_MOBILESAM = dict(
@@ -90,6 +94,8 @@ class MobileSAMEncoder(nn.Module):
     The forward pass walks TinyViT's own modules (so ``mobile_sam.pt`` weights load unchanged) but derives every
     window and padding size from the input tensor's shape, instead of TinyViT's ``set_imgsz`` module state: the
     traced graph stays valid for any input size (dynamic ONNX export), and numerics equal TinyViT's own forward.
+    Window attention runs through ``F.scaled_dot_product_attention`` with the relative-position bias gathered from
+    its parameters on every call (TinyViT caches it in eval mode, a cache that goes stale under ``.half()``).
 
     Args:
         c1: input channels (must be 3).
@@ -105,6 +111,7 @@ class MobileSAMEncoder(nn.Module):
         if c1 != 3:
             raise ValueError(f"MobileSAMEncoder takes 3-channel RGB input, got {c1} channels.")
         vit = TinyViT(**TINYVIT_MOBILESAM)
+        check_tinyvit(vit)
         file = find_mobilesam_weights(weights)
         if file is None:
             LOGGER.info(f"MobileSAMEncoder: random init ({MOBILESAM_FILE} not found or not requested).")
@@ -115,13 +122,6 @@ class MobileSAMEncoder(nn.Module):
         del vit.neck, vit.head, vit.norm_head  # unused by detection: no dead parameters
         self.register_buffer("mean", torch.tensor(SAM_PIXEL_MEAN).view(1, 3, 1, 1) / 255, persistent=False)
         self.register_buffer("std", torch.tensor(SAM_PIXEL_STD).view(1, 3, 1, 1) / 255, persistent=False)
-
-    def _apply(self, fn, recurse=True):
-        """Refresh TinyViT's eval-mode cache of attention biases after ``.half()``/``.to()`` (else dtype mismatch)."""
-        super()._apply(fn, recurse)
-        if not self.training:
-            self.vit.train(False)  # Attention.train(False) re-caches `ab` from the converted parameters
-        return self
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(B, 3, H, W) in 0-1 -> [(B, 64, H/4, W/4), (B, 128, H/8, W/8), (B, 320, H/16, W/16)]; H, W % 32 == 0."""
@@ -162,13 +162,144 @@ def _vit_block(blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
     win = F.pad(tokens.view(b, h, w, c), (0, 0, 0, pad_r, 0, pad_b))  # (B, pH, pW, C)
     nh, nw = (h + pad_b) // ws, (w + pad_r) // ws
     win = win.view(b, nh, ws, nw, ws, c).transpose(2, 3).reshape(b * nh * nw, ws * ws, c)
-    win = blk.attn(win)  # window attention with TinyViT's relative position biases
+    win = _window_attention(blk.attn, win)  # (B*nh*nw, ws*ws, C), TinyViT's relative position biases
     win = win.view(b, nh, nw, ws, ws, c).transpose(2, 3).reshape(b, nh * ws, nw * ws, c)[:, :h, :w]
     tokens = tokens + win.reshape(b, h * w, c)
     x = blk.local_conv(tokens.transpose(1, 2).reshape(b, c, h, w))  # depthwise 3x3 + BN
     tokens = x.flatten(2).transpose(1, 2)
     tokens = tokens + blk.mlp(tokens)
     return tokens.transpose(1, 2).reshape(b, c, h, w)
+
+
+def _window_attention(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """TinyViT ``Attention.forward`` on (B, N, C) windows, through fused scaled-dot-product attention.
+
+    Same computation as TinyViT's: ``softmax(q k^T * scale + bias) v`` with the learned bias per head and relative
+    offset. The bias is gathered from ``attention_biases`` in every mode, so there is no eval-mode cache to keep in
+    step with ``.half()``/``.to()``; in an exported graph the gather is folded into a constant.
+    """
+    b, n, _ = x.shape
+    qkv = attn.qkv(attn.norm(x)).view(b, n, attn.num_heads, -1)  # (B, N, heads, 2 key_dim + d)
+    q, k, v = (t.transpose(1, 2) for t in qkv.split([attn.key_dim, attn.key_dim, attn.d], dim=3))  # (B, heads, N, .)
+    bias = attn.attention_biases[:, attn.attention_bias_idxs].to(q.dtype)  # (heads, N, N)
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=attn.scale)  # (B, heads, N, d)
+    return attn.proj(y.transpose(1, 2).reshape(b, n, attn.dh))
+
+
+# What `_vit_block` and `_window_attention` read from TinyViT's modules: checked once per encoder, so a changed
+# upstream TinyViT fails at build time with a clear message instead of deep inside a forward pass.
+TINYVIT_BLOCK_ATTRS = ("window_size", "attn", "local_conv", "mlp")
+TINYVIT_ATTENTION_ATTRS = ("norm", "qkv", "proj", "num_heads", "key_dim", "d", "dh", "scale", "attention_biases",
+                           "attention_bias_idxs")
+
+
+def check_tinyvit(vit: nn.Module) -> None:
+    """Raise ``PatchError`` unless ``vit`` has the module layout this file's forward walks."""
+    from ultralytics_dsmoe.register import PatchError  # lazy: register imports this module
+
+    layers = getattr(vit, "layers", None)
+    if getattr(vit, "patch_embed", None) is None or layers is None or len(layers) != 4:
+        raise PatchError("TinyViT no longer has `patch_embed` and four `layers`")
+    for layer in layers[1:]:
+        for blk in layer.blocks:
+            missing = [a for a in TINYVIT_BLOCK_ATTRS if not hasattr(blk, a)]
+            missing += [f"attn.{a}" for a in TINYVIT_ATTENTION_ATTRS if not hasattr(getattr(blk, "attn", None), a)]
+            if missing:
+                raise PatchError(f"TinyViTBlock no longer has {missing}")
+    for merging in (layer.downsample for layer in layers[:3]):
+        if not all(hasattr(merging, a) for a in ("conv1", "conv2", "conv3", "act")):
+            raise PatchError("TinyViT PatchMerging no longer has conv1, conv2, conv3 and act")
+
+
+class SpatialPrior(nn.Module):
+    """Full-resolution convolutional stem of ``HybridEncoder`` (ViT-Adapter's spatial prior module, in YOLO blocks).
+
+    YOLOv8's first stages at width ``c``: strides 2, 4 (C2f), 8 (C2f), 16 (C2f), each stride-4..16 map projected by a
+    1x1 Conv + BN to the TinyViT level it is added to.
+
+    Args:
+        c1: input channels.
+        c: width of the first conv; the stride-4, 8, 16 maps have 2c, 4c, 8c channels.
+        c_out: channels of the three projected maps (the TinyViT levels).
+    """
+
+    def __init__(self, c1: int, c: int, c_out: tuple[int, ...]):
+        super().__init__()
+        widths = (2 * c, 4 * c, 8 * c)
+        self.levels = nn.ModuleList(
+            [nn.Sequential(Conv(c1, c, 3, 2), Conv(c, widths[0], 3, 2), C2f(widths[0], widths[0], 1, True))]
+            + [nn.Sequential(Conv(a, b, 3, 2), C2f(b, b, 1, True)) for a, b in zip(widths, widths[1:])]
+        )
+        self.proj = nn.ModuleList(Conv(a, b, 1, act=False) for a, b in zip(widths, c_out))
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(B, c1, H, W) -> [(B, c_out[0], H/4, W/4), (B, c_out[1], H/8, W/8), (B, c_out[2], H/16, W/16)]."""
+        maps = []
+        for level in self.levels:
+            x = level(x)
+            maps.append(x)
+        return [proj(m) for proj, m in zip(self.proj, maps)]
+
+
+class HybridEncoder(nn.Module):
+    """Stage 3, fast: MobileSAM TinyViT on a ``ratio``-scaled copy of the image plus a full-resolution conv stem.
+
+    A ViT's cost grows with the square of its input side (TinyViT: 27.6 GFLOPs at 640 px, 7.6 at 320), while small
+    defects need full-resolution detail. Following ViT-Adapter (Chen et al., ICLR 2023), the semantic path (TinyViT,
+    ``mobile_sam.pt`` weights, loaded strictly) sees the image at ``ratio`` times its size, and a light convolutional
+    stem (``SpatialPrior``) sees it at full size. Each TinyViT level is resized to the stem's grid and added to the
+    stem's projected map:
+
+        v_l = TinyViT_l(Resize_r(x))                        l = P2/4, P3/8, P4/16 (64, 128, 320 ch)
+        P_l = Up(v_l, size of s_l) + Proj_l(s_l),   s_l = Stem_l(x)
+
+    ViT-Adapter's injector is cross-attention; here fusion is addition after a 1x1 Conv + BN, which costs 0.3
+    GFLOPs at 640 and exports anywhere. ``ratio=1`` with ``stem=0`` is exactly ``MobileSAMEncoder``.
+
+    Args:
+        c1: input channels (must be 3).
+        weights: MobileSAM weights, see ``find_mobilesam_weights``.
+        ratio: TinyViT input size relative to the image, in (0, 1].
+        stem: width of the stem's first conv (the YAML scales it like a Conv's c2); 0 = no stem.
+    """
+
+    out_channels = MobileSAMEncoder.out_channels
+
+    def __init__(self, c1: int = 3, weights: str | None = "auto", ratio: float = 0.5, stem: int = 16):
+        super().__init__()
+        if not 0 < ratio <= 1:
+            raise ValueError(f"HybridEncoder ratio must be in (0, 1], got {ratio}.")
+        self.ratio = float(ratio)
+        self.sam = MobileSAMEncoder(c1, weights)
+        self.stem = SpatialPrior(c1, int(stem), self.out_channels) if stem else None
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, H, W) in 0-1 -> [(B, 64, H/4, W/4), (B, 128, H/8, W/8), (B, 320, H/16, W/16)]."""
+        vit = self.sam(x if self.ratio == 1 else F.interpolate(x, scale_factor=self.ratio, mode="bilinear"))
+        if self.stem is None:  # the TinyViT maps alone, on the full-resolution grid
+            h, w = x.shape[-2:]
+            return vit if self.ratio == 1 else [_resize(v, (h // s, w // s)) for v, s in zip(vit, (4, 8, 16))]
+        return [_resize(v, d.shape[-2:]) + d for v, d in zip(vit, self.stem(x))]
+
+
+def _resize(x: torch.Tensor, size) -> torch.Tensor:
+    """Bilinear resize of a (B, C, h, w) map to ``size`` (a copy when it already has that size)."""
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def fold_batchnorms(module: nn.Module) -> nn.Module:
+    """Fold each BatchNorm2d that directly follows a Conv2d in an ``nn.Sequential`` of ``module`` into that conv.
+
+    This covers TinyViT's ``Conv2d_BN`` pairs and the plugin's own conv + BN pairs, which Ultralytics' ``fuse()`` does
+    not know (it folds its own ``Conv`` blocks). The BatchNorm is replaced by ``nn.Identity``; call in eval mode.
+    """
+    for seq in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
+        names = list(seq._modules)
+        for a, b in zip(names, names[1:]):
+            conv, bn = seq._modules[a], seq._modules[b]
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                seq._modules[a], seq._modules[b] = fuse_conv_and_bn(conv, bn), nn.Identity()
+    return module
 
 
 class AnisotropicDSConv(nn.Module):
