@@ -19,6 +19,7 @@ from ultralytics_dsmoe.nn import (
     ClassText,
     FeatureAggregate,
     HyperbolicAlign,
+    HybridEncoder,
     MobileSAMEncoder,
     Pick,
     SparseMoE,
@@ -121,7 +122,7 @@ def test_ablation_column_components(build, column):
     model = build(f"dsmoe-ablation-{column}")
     backbone = model.model[0]
     if mobilesam:
-        assert isinstance(backbone, MobileSAMEncoder) and len(blocks(model, AnisotropicDSConv)) == 2
+        assert isinstance(backbone, HybridEncoder) and len(blocks(model, AnisotropicDSConv)) == 2
     else:
         assert isinstance(backbone, TorchVision) and type(backbone.m[-1][0]).__name__ == "Bottleneck"  # ResNet-50
         assert sum(p.numel() for p in backbone.parameters()) == 23_508_032  # torchvision resnet50 minus avgpool/fc

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ultralytics_dsmoe.nn import encoder
-from ultralytics_dsmoe.nn.encoder import MOBILESAM_FILE, MobileSAMEncoder, find_mobilesam_weights
+from ultralytics_dsmoe.nn.encoder import MOBILESAM_FILE, HybridEncoder, MobileSAMEncoder, find_mobilesam_weights, fold_batchnorms
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,8 @@ def test_outputs_and_strides():
 
 @pytest.mark.parametrize("hw", [(96, 160), (224, 224)])  # windows that need padding; a side equal to a window
 def test_shape_free_forward_equals_tinyvit(hw):
-    """The traceable forward is TinyViT's own computation, without set_imgsz module state."""
+    """The traceable forward is TinyViT's own computation, without set_imgsz module state. Attention runs through
+    fused scaled-dot-product attention, which sums in another order than TinyViT's matmul-softmax-matmul: 1e-5."""
     torch.manual_seed(0)
     enc = MobileSAMEncoder(3, "none").eval()
     x = torch.rand(2, 3, *hw)
@@ -43,11 +44,11 @@ def test_shape_free_forward_equals_tinyvit(hw):
         t = vit.layers[0].downsample(t)
         for block in vit.layers[1].blocks:
             t = block(t)
-        torch.testing.assert_close(p3, t.transpose(1, 2).reshape(2, 128, h // 8, w // 8), rtol=0, atol=1e-6)
+        torch.testing.assert_close(p3, t.transpose(1, 2).reshape(2, 128, h // 8, w // 8), rtol=0, atol=1e-5)
         t = vit.layers[1].downsample(t)
         for layer in vit.layers[2:]:
             t = layer(t)
-        torch.testing.assert_close(p4, t.transpose(1, 2).reshape(2, 320, h // 16, w // 16), rtol=0, atol=1e-6)
+        torch.testing.assert_close(p4, t.transpose(1, 2).reshape(2, 320, h // 16, w // 16), rtol=0, atol=1e-5)
 
 
 def test_loads_mobilesam_image_encoder_strictly(mobilesam_checkpoint):
@@ -87,3 +88,109 @@ def test_eval_then_half_keeps_cached_biases_in_dtype():
     assert all(o.dtype == torch.float16 for o in out)
     for o, r in zip(out, ref):
         torch.testing.assert_close(o.float(), r, atol=0.1, rtol=0.05)
+
+
+# --- HybridEncoder: reduced-resolution TinyViT + full-resolution conv stem -------------------------------------
+
+
+def test_hybrid_at_full_resolution_without_stem_is_mobilesam_encoder():
+    """ratio 1, stem 0 reproduces the paper's encoder exactly (same weights, bit-identical outputs)."""
+    torch.manual_seed(0)
+    ref = MobileSAMEncoder(3, "none").eval()
+    hybrid = HybridEncoder(3, "none", 1.0, 0).eval()
+    hybrid.sam.load_state_dict(ref.state_dict())
+    x = torch.rand(2, 3, 96, 160)
+    with torch.no_grad():
+        for a, b in zip(ref(x), hybrid(x)):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("ratio, stem", [(0.5, 16), (0.7, 8), (0.5, 0), (1.0, 8)])
+def test_hybrid_shapes_match_the_full_resolution_grid(ratio, stem):
+    enc = HybridEncoder(3, "none", ratio, stem)
+    outs = enc(torch.rand(2, 3, 128, 192))
+    assert [tuple(o.shape) for o in outs] == [(2, 64, 32, 48), (2, 128, 16, 24), (2, 320, 8, 12)]
+    assert (enc.stem is None) == (stem == 0)
+
+
+def test_hybrid_tinyvit_sees_the_reduced_image():
+    """The semantic path runs at ratio x the input size: its cost falls with ratio^2."""
+    enc = HybridEncoder(3, "none", 0.5, 8)
+    seen = {}
+    enc.sam.register_forward_hook(lambda m, inputs, out: seen.update(shape=tuple(inputs[0].shape)))
+    enc(torch.rand(1, 3, 128, 192))
+    assert seen["shape"] == (1, 3, 64, 96)
+
+
+def test_hybrid_gradients_reach_every_parameter():
+    torch.manual_seed(0)
+    enc = HybridEncoder(3, "none", 0.5, 8)
+    sum(o.square().mean() for o in enc(torch.rand(2, 3, 64, 96))).backward()
+    assert not [n for n, p in enc.named_parameters() if p.grad is None]
+    # TinyViT zero-initialises the last BatchNorm of each MBConv residual branch (bn_weight_init=0), so the convs
+    # before it get exact-zero gradients at step 0 by design; every stem/fusion parameter gets a non-zero one.
+    assert all(p.grad.abs().sum() > 0 for n, p in enc.named_parameters() if n.startswith("stem."))
+    assert all(p.grad.abs().sum() > 0 for n, p in enc.named_parameters() if ".layers.3." in n)
+
+
+def test_hybrid_loads_mobilesam_weights_strictly(mobilesam_checkpoint):
+    state = torch.load(mobilesam_checkpoint, weights_only=True)
+    enc = HybridEncoder(3, str(mobilesam_checkpoint), 0.5, 16)
+    for name, p in enc.sam.vit.state_dict().items():
+        torch.testing.assert_close(p, state[f"image_encoder.{name}"], msg=name)
+    with pytest.raises(ValueError, match="ratio"):
+        HybridEncoder(3, "none", 1.5, 16)
+
+
+def test_fold_batchnorms_keeps_outputs():
+    """TinyViT's Conv2d_BN pairs (unknown to Ultralytics' fuse) fold into their convs with the same outputs."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    enc = HybridEncoder(3, "none", 0.5, 8)
+    for m in enc.modules():  # non-trivial running statistics
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0), m.weight.data.uniform_(0.5, 1.5)
+    enc.eval()
+    x = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        ref = enc(x)
+        fold_batchnorms(enc.sam)
+        out = enc(x)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in enc.sam.modules())
+    for a, b in zip(ref, out):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_tinyvit_guard_names_what_changed():
+    from ultralytics_dsmoe.register import PatchError
+
+    enc = MobileSAMEncoder(3, "none")
+    del enc.vit.layers[2].blocks[0].attn.attention_biases
+    with pytest.raises(PatchError, match="attn.attention_biases"):
+        encoder.check_tinyvit(enc.vit)
+
+
+def test_fitted_windows_attend_only_real_tokens():
+    """On a map smaller than TinyViT's window, fitted windows give each token the same result as attention over the
+    unpadded map with the learned relative biases of its offsets (a reference built from TinyViT's own tables)."""
+    torch.manual_seed(0)
+    enc = MobileSAMEncoder(3, "none", fit_windows=True).eval()
+    blk = enc.vit.layers[2].blocks[0]  # window 14
+    with torch.no_grad():
+        blk.attn.attention_biases.normal_()
+        x = torch.rand(2, 160, 5, 6)
+        out = encoder._vit_block(blk, x, fit=True)
+        tokens = x.flatten(2).transpose(1, 2)  # (B, 30, C): one 5 x 6 window
+        pos = [(i, j) for i in range(5) for j in range(6)]
+        idx = blk.attn.attention_bias_idxs.view(14, 14, 14, 14)
+        bias = blk.attn.attention_biases[:, torch.stack([torch.stack([idx[a, b, c, d] for c, d in pos]) for a, b in pos])]
+        a = blk.attn
+        q, k, v = a.qkv(a.norm(tokens)).view(2, 30, a.num_heads, -1).split([a.key_dim, a.key_dim, a.d], dim=3)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        att = ((q @ k.transpose(-2, -1)) * a.scale + bias).softmax(-1)
+        ref = tokens + a.proj((att @ v).transpose(1, 2).reshape(2, 30, a.dh))
+        ref = blk.local_conv(ref.transpose(1, 2).reshape(2, 160, 5, 6)).flatten(2).transpose(1, 2)
+        ref = (ref + blk.mlp(ref)).transpose(1, 2).reshape(2, 160, 5, 6)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
+    assert encoder._fitted(20, 14) == 10 and encoder._fitted(40, 7) == 7 and encoder._fitted(5, 14) == 5

@@ -24,6 +24,7 @@ from ultralytics_dsmoe.nn import (  # noqa: E402
     ExpertRouter,
     FeatureAggregate,
     HyperbolicAlign,
+    HybridEncoder,
     MobileSAMEncoder,
     SemanticDistill,
     SpaceBroadcast,
@@ -137,6 +138,14 @@ CASES = {
     "FeatureAggregate": (lambda: ListInput(FeatureAggregate([C, C], C)), [fmap(C), fmap(C)], ["fe", "fm"], ["y"]),
     "MobileSAMEncoder": (
         lambda: randomize_norms(MobileSAMEncoder(3, "none")),
+        [image],
+        ["images"],
+        ["p2", "p3", "p4"],
+        (1, 64, 96),
+        (2, 96, 128),
+    ),
+    "HybridEncoder": (
+        lambda: randomize_norms(HybridEncoder(3, "none", 0.5, 8)),
         [image],
         ["images"],
         ["p2", "p3", "p4"],

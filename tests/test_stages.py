@@ -16,6 +16,7 @@ from ultralytics_dsmoe.nn import (
     ExpertEnsemble,
     FeatureAggregate,
     HyperbolicAlign,
+    HybridEncoder,
     MobileSAMEncoder,
     SemanticDistill,
     SpaceBroadcast,
@@ -335,7 +336,7 @@ def test_encoder_and_text_are_model_state(model):
     text = blocks(model, ClassText)[0]
     assert any(k.endswith("embeddings") and v.shape == (4, 1536) for k, v in sd.items())
     torch.testing.assert_close(text.embeddings.norm(dim=1), torch.ones(4))  # placeholder unit vectors
-    assert isinstance(model.model[0], MobileSAMEncoder)
+    assert isinstance(model.model[0], HybridEncoder) and isinstance(model.model[0].sam, MobileSAMEncoder)
     assert math.isclose(blocks(model, SparseMoE)[0].router.log_tau.exp().item(), 0.1, rel_tol=1e-6)  # eq. 20 init
 
 

@@ -97,14 +97,22 @@ class MobileSAMEncoder(nn.Module):
     Window attention runs through ``F.scaled_dot_product_attention`` with the relative-position bias gathered from
     its parameters on every call (TinyViT caches it in eval mode, a cache that goes stale under ``.half()``).
 
+    With ``fit_windows``, each attention window shrinks to the most even split of the map into windows no larger
+    than TinyViT's (a 5 x 5 map gets one 5 x 5 window instead of one zero-padded 14 x 14 window; 20 x 20 gets four
+    10 x 10 instead of four padded 14 x 14), using the same relative-position biases for the offsets it spans.
+    Zero-padded tokens are attended to in TinyViT, so this changes numerics near padded borders; on small maps it
+    removes most of the attention cost (at 80 px input, 8x fewer tokens in the 6 blocks of stage 2).
+
     Args:
         c1: input channels (must be 3).
         weights: see ``find_mobilesam_weights``.
+        fit_windows: fit attention windows to the map instead of zero-padding to TinyViT's window size.
     """
 
     out_channels = (64, 128, 320)  # fixed by MobileSAM's TinyViT: read by the YAML channel rule
+    fit_windows = False  # class default: checkpoints pickled before the argument existed keep TinyViT's windows
 
-    def __init__(self, c1: int = 3, weights: str | None = "auto"):
+    def __init__(self, c1: int = 3, weights: str | None = "auto", fit_windows: bool = False):
         super().__init__()
         from ultralytics.models.sam.modules.tiny_encoder import TinyViT  # lazy: circular at plugin-import time
 
@@ -118,7 +126,7 @@ class MobileSAMEncoder(nn.Module):
         else:
             load_image_encoder_state(vit, file)
             LOGGER.info(f"MobileSAMEncoder: loaded image-encoder weights from {file}")
-        self.vit = vit
+        self.vit, self.fit_windows = vit, bool(fit_windows)
         del vit.neck, vit.head, vit.norm_head  # unused by detection: no dead parameters
         self.register_buffer("mean", torch.tensor(SAM_PIXEL_MEAN).view(1, 3, 1, 1) / 255, persistent=False)
         self.register_buffer("std", torch.tensor(SAM_PIXEL_STD).view(1, 3, 1, 1) / 255, persistent=False)
@@ -130,10 +138,11 @@ class MobileSAMEncoder(nn.Module):
         for mbconv in l0.blocks:
             x = mbconv(x)
         p2 = x
-        x = _vit_stage(l1, _merge(l0.downsample, x))  # (B, 128, H/8, W/8)
+        fit = self.fit_windows
+        x = _vit_stage(l1, _merge(l0.downsample, x), fit)  # (B, 128, H/8, W/8)
         p3 = x
-        x = _vit_stage(l2, _merge(l1.downsample, x))  # (B, 160, H/16, W/16)
-        x = _vit_stage(l3, _merge(l2.downsample, x))  # (B, 320, H/16, W/16): the last merge has stride 1
+        x = _vit_stage(l2, _merge(l1.downsample, x), fit)  # (B, 160, H/16, W/16)
+        x = _vit_stage(l3, _merge(l2.downsample, x), fit)  # (B, 320, H/16, W/16): the last merge has stride 1
         return [p2, p3, x]
 
 
@@ -142,28 +151,31 @@ def _merge(merging: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return merging.conv3(merging.act(merging.conv2(merging.act(merging.conv1(x)))))
 
 
-def _vit_stage(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _vit_stage(layer: nn.Module, x: torch.Tensor, fit: bool = False) -> torch.Tensor:
     """The TinyViTBlocks of one BasicLayer on a (B, C, H, W) map (its downsample is applied by the caller)."""
     for block in layer.blocks:
-        x = _vit_block(block, x)
+        x = _vit_block(block, x, fit)
     return x
 
 
-def _vit_block(blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _vit_block(blk: nn.Module, x: torch.Tensor, fit: bool = False) -> torch.Tensor:
     """``TinyViTBlock.forward`` with window geometry taken from ``x.shape`` (traceable for any size).
 
-    Identical numerics: TinyViT also zero-pads to whole windows before attention and crops after. Padding by 0 when
-    a side already fits is a no-op, so there is no branch on the shape.
+    Identical numerics without ``fit``: TinyViT also zero-pads to whole windows before attention and crops after.
+    Padding by 0 when a side already fits is a no-op, so there is no branch on the shape. With ``fit``, windows are
+    ``wh x ww`` (see ``MobileSAMEncoder``).
     """
     b, c, h, w = x.shape
     ws = blk.window_size
+    wh, ww = (_fitted(h, ws), _fitted(w, ws)) if fit else (ws, ws)
     tokens = x.flatten(2).transpose(1, 2)  # (B, HW, C)
-    pad_b, pad_r = (ws - h % ws) % ws, (ws - w % ws) % ws
+    pad_b, pad_r = (wh - h % wh) % wh, (ww - w % ww) % ww
     win = F.pad(tokens.view(b, h, w, c), (0, 0, 0, pad_r, 0, pad_b))  # (B, pH, pW, C)
-    nh, nw = (h + pad_b) // ws, (w + pad_r) // ws
-    win = win.view(b, nh, ws, nw, ws, c).transpose(2, 3).reshape(b * nh * nw, ws * ws, c)
-    win = _window_attention(blk.attn, win)  # (B*nh*nw, ws*ws, C), TinyViT's relative position biases
-    win = win.view(b, nh, nw, ws, ws, c).transpose(2, 3).reshape(b, nh * ws, nw * ws, c)[:, :h, :w]
+    nh, nw = (h + pad_b) // wh, (w + pad_r) // ww
+    win = win.view(b, nh, wh, nw, ww, c).transpose(2, 3).reshape(b * nh * nw, wh * ww, c)
+    bias_idx = _window_bias_index(blk.attn.attention_bias_idxs, ws, wh, ww) if fit else blk.attn.attention_bias_idxs
+    win = _window_attention(blk.attn, win, bias_idx)  # (B*nh*nw, wh*ww, C), TinyViT's relative position biases
+    win = win.view(b, nh, nw, wh, ww, c).transpose(2, 3).reshape(b, nh * wh, nw * ww, c)[:, :h, :w]
     tokens = tokens + win.reshape(b, h * w, c)
     x = blk.local_conv(tokens.transpose(1, 2).reshape(b, c, h, w))  # depthwise 3x3 + BN
     tokens = x.flatten(2).transpose(1, 2)
@@ -171,7 +183,21 @@ def _vit_block(blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return tokens.transpose(1, 2).reshape(b, c, h, w)
 
 
-def _window_attention(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _fitted(n, ws: int):
+    """Side of the most even split of ``n`` cells into windows of at most ``ws``: ceil(n / ceil(n / ws))."""
+    windows = (n + ws - 1) // ws
+    return (n + windows - 1) // windows
+
+
+def _window_bias_index(idx: torch.Tensor, ws: int, wh, ww) -> torch.Tensor:
+    """TinyViT's (ws^2, ws^2) relative-offset index restricted to a wh x ww window (its top-left corner).
+
+    Offsets inside a smaller window are a subset of those in the full one, so each pair keeps its learned bias."""
+    cells = (torch.arange(wh, device=idx.device)[:, None] * ws + torch.arange(ww, device=idx.device)).flatten()
+    return idx[cells][:, cells]  # (wh*ww, wh*ww)
+
+
+def _window_attention(attn: nn.Module, x: torch.Tensor, bias_idx: torch.Tensor) -> torch.Tensor:
     """TinyViT ``Attention.forward`` on (B, N, C) windows, through fused scaled-dot-product attention.
 
     Same computation as TinyViT's: ``softmax(q k^T * scale + bias) v`` with the learned bias per head and relative
@@ -181,7 +207,7 @@ def _window_attention(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
     b, n, _ = x.shape
     qkv = attn.qkv(attn.norm(x)).view(b, n, attn.num_heads, -1)  # (B, N, heads, 2 key_dim + d)
     q, k, v = (t.transpose(1, 2) for t in qkv.split([attn.key_dim, attn.key_dim, attn.d], dim=3))  # (B, heads, N, .)
-    bias = attn.attention_biases[:, attn.attention_bias_idxs].to(q.dtype)  # (heads, N, N)
+    bias = attn.attention_biases[:, bias_idx].to(q.dtype)  # (heads, N, N)
     y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=attn.scale)  # (B, heads, N, d)
     return attn.proj(y.transpose(1, 2).reshape(b, n, attn.dh))
 
@@ -254,7 +280,8 @@ class HybridEncoder(nn.Module):
         P_l = Up(v_l, size of s_l) + Proj_l(s_l),   s_l = Stem_l(x)
 
     ViT-Adapter's injector is cross-attention; here fusion is addition after a 1x1 Conv + BN, which costs 0.3
-    GFLOPs at 640 and exports anywhere. ``ratio=1`` with ``stem=0`` is exactly ``MobileSAMEncoder``.
+    GFLOPs at 640 and exports anywhere. The reduced-resolution TinyViT fits its attention windows to the smaller
+    maps (``MobileSAMEncoder(fit_windows=True)``). ``ratio=1`` with ``stem=0`` is exactly ``MobileSAMEncoder``.
 
     Args:
         c1: input channels (must be 3).
@@ -270,7 +297,7 @@ class HybridEncoder(nn.Module):
         if not 0 < ratio <= 1:
             raise ValueError(f"HybridEncoder ratio must be in (0, 1], got {ratio}.")
         self.ratio = float(ratio)
-        self.sam = MobileSAMEncoder(c1, weights)
+        self.sam = MobileSAMEncoder(c1, weights, fit_windows=ratio < 1 or bool(stem))
         self.stem = SpatialPrior(c1, int(stem), self.out_channels) if stem else None
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
