@@ -56,6 +56,8 @@ def test_model_fuse_keeps_outputs(exported):
         before = net(x)[0]
         after = net.fuse(verbose=False)(x)[0]
     torch.testing.assert_close(after, before, atol=1e-3, rtol=1e-3)
+    left = [n for n, m in net.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert not left, left  # TinyViT's and the DS-MoE blocks' conv + BN pairs are folded too, not only Ultralytics' Conv
 
 
 def test_predict_on_the_exported_onnx(exported, tmp_path):

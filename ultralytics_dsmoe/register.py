@@ -17,7 +17,9 @@ Everything the plugin changes in Ultralytics is installed by ``install()`` below
    made by another version says so and names the version to install.
 6. Text: ``DetectionTrainer.set_model_attributes`` also fills the model's class-text buffers from the dataset
    (``ultralytics_dsmoe.text.fill_text``), before the EMA copy, DDP wrapping and the optimizer are made.
-7. Pre-processing: a data-yaml key ``gamma:`` (the paper's eq. 35) is applied to each image as
+7. Fusing: ``BaseModel.fuse`` first folds the BatchNorms inside DS-MoE blocks (TinyViT's conv + BN pairs and the
+   plugin's own) into their convs (``ultralytics_dsmoe.nn.fold_batchnorms``), then does its own work.
+8. Pre-processing: a data-yaml key ``gamma:`` (the paper's eq. 35) is applied to each image as
    ``BaseDataset.load_image`` reads it, recorded in the model yaml at training, and applied again by
    ``BasePredictor.pre_transform`` for PyTorch checkpoints that recorded it (``ultralytics_dsmoe.data.gamma``).
 
@@ -323,6 +325,18 @@ def _set_model_attributes(original):
     return set_model_attributes
 
 
+def _fuse(original):
+    def fuse(self, *args, **kwargs):
+        from ultralytics_dsmoe.nn.encoder import fold_batchnorms
+
+        for m in self.modules():
+            if type(m) in _plugin_blocks().values():
+                fold_batchnorms(m)
+        return original(self, *args, **kwargs)
+
+    return fuse
+
+
 def _load_image(original):
     def load_image(self, i, *args, **kwargs):
         fresh = self.ims[i] is None  # images cached in RAM or the mosaic buffer were corrected when first read
@@ -481,6 +495,7 @@ def install() -> None:
     patch_function(tasks.DetectionModel, "__init__", _model_init, ("self", "cfg"))
     patch_function(tasks.DetectionModel, "init_criterion", _init_criterion, ("self",))  # class level: EMA copy too
     patch_function(tasks, "torch_safe_load", _torch_safe_load, ("weight",))
+    patch_function(tasks.BaseModel, "fuse", _fuse, ("self",))
     name_plugin_in_checkpoints()
     # Text embeddings: filled once the dataset's names are known, before EMA, DDP and the optimizer exist. The trainer
     # module imports ultralytics.models, which cannot be imported while ultralytics.nn is still loading: patch it
