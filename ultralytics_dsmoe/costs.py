@@ -39,8 +39,9 @@ from ultralytics_dsmoe.nn import (
 )
 
 TOPK = (1, 2, 4, 5, 8, 16, 32)
-YOLO = ("yolov8n", "yolov8s", "yolov8m")
-DSMOE = ("dsmoe-n", "dsmoe-s", "dsmoe-m", "dsmoe-p2-n") + tuple(f"dsmoe-ablation-{c}-n" for c in "abcde")
+YOLO = ("yolov8n", "yolov8s", "yolov8m", "yolo11s", "yolo26s")
+DSMOE = ("dsmoe-n", "dsmoe-s", "dsmoe-m", "dsmoe-full-n", "dsmoe-p2-n") + tuple(f"dsmoe-ablation-{c}-n" for c in "abcde")
+ORT_MODELS = ("yolov8n", "yolov8s", "yolo11s", "yolo26s", "dsmoe-n", "dsmoe-full-n")  # ONNX Runtime latency rows
 STAGES = {  # cost breakdown rows: label -> block types (found at any depth, e.g. inside HybridEncoder)
     "Stage 3 MobileSAM TinyViT": (MobileSAMEncoder,),
     "Stage 3 full-resolution stem + fusion (HybridEncoder)": (SpatialPrior,),
@@ -100,6 +101,48 @@ def latencies_ms(fns: dict, reps: int, warmup: int = 2) -> dict:
     return {key: statistics.median(v) for key, v in times.items()}
 
 
+def ort_session(file: str, threads: int, providers=("CPUExecutionProvider",)):
+    """An ONNX Runtime session whose worker threads sleep between runs instead of spinning.
+
+    Spinning threads keep a core busy after each run, which slows whatever runs next: with spinning off, sessions
+    of several models can be timed in interleaved rounds fairly."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(file, opts, providers=list(providers))
+
+
+def latency_rounds(fns: dict, rounds: int, warmup: int = 2) -> dict:
+    """Per callable: median, min and max latency (ms) over ``rounds`` interleaved rounds (one call each per round).
+
+    Interleaving spreads background load over every model alike; the spread says how far to trust a ratio."""
+    times = {key: [] for key in fns}
+    for i in range(warmup + rounds):
+        for key, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            if i >= warmup:
+                times[key].append((time.perf_counter() - t) * 1e3)
+    return {key: {"median": statistics.median(v), "min": min(v), "max": max(v)} for key, v in times.items()}
+
+
+def onnx_latencies(names, imgsz: int, rounds: int, threads: int, folder: Path) -> dict:
+    """Export each model config (random weights) with Ultralytics' exporter and time it in ONNX Runtime, interleaved."""
+    import numpy as np
+    from ultralytics import YOLO
+
+    folder.mkdir(parents=True, exist_ok=True)
+    x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
+    fns = {}
+    for name in names:
+        file = Path(YOLO(f"{name}.yaml").export(format="onnx", imgsz=imgsz, simplify=False, device="cpu"))
+        session = ort_session(str(file.replace(folder / f"{name}.onnx")), threads)
+        fns[name] = lambda s=session, f={session.get_inputs()[0].name: x}: s.run(None, f)
+    return latency_rounds(fns, rounds)
+
+
 def moe_inputs(model: DetectionModel, imgsz: int) -> tuple[SparseMoE, list]:
     """The model's SparseMoE block and the inputs it receives in a forward pass at ``imgsz``."""
     moe = next(m for m in model.model if isinstance(m, SparseMoE))
@@ -111,9 +154,9 @@ def moe_inputs(model: DetectionModel, imgsz: int) -> tuple[SparseMoE, list]:
     return moe, seen["x"]
 
 
-def run(imgsz: int = 640, reps: int = 5, out: Path | None = None) -> dict:
+def run(imgsz: int = 640, reps: int = 5, out: Path | None = None, ort_rounds: int = 20) -> dict:
     torch.manual_seed(0)
-    results = {"settings": {"imgsz": imgsz, "batch": 1, "reps": reps, "device": f"CPU ({platform.processor() or platform.machine()}), "
+    results = {"settings": {"imgsz": imgsz, "batch": 1, "reps": reps, "ort_rounds": ort_rounds, "device": f"CPU ({platform.processor() or platform.machine()}), "
                             f"{torch.get_num_threads()} threads", "torch": torch.__version__}}
     results["models"] = {name: model_costs(build(f"{name}.yaml"), imgsz) for name in YOLO + DSMOE}
     x = torch.rand(1, 3, imgsz, imgsz)
@@ -127,11 +170,16 @@ def run(imgsz: int = 640, reps: int = 5, out: Path | None = None) -> dict:
         for k, m in models.items()
     }
     results["topk"] = sweep
-    m = results["models"]
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        results["ort"] = onnx_latencies(ORT_MODELS, imgsz, ort_rounds, torch.get_num_threads(), Path(tmp))
+    m, o = results["models"], results["ort"]
     results["targets"] = {
         "moe_flops_k5_over_k32": (sweep[5]["moe_gflops"] / sweep[32]["moe_gflops"], 0.25),
         "latency_k5_over_k1": (sweep[5]["latency_ms"] / sweep[1]["latency_ms"], 1.15),
-        "dsmoe_n_gflops_over_yolov8s": (m["dsmoe-n"]["gflops"] / m["yolov8s"]["gflops"], 1.0),
+        **{f"dsmoe_n_gflops_over_{y}": (m["dsmoe-n"]["gflops"] / m[y]["gflops"], 1.0) for y in ("yolov8s", "yolo26s")},
+        **{f"dsmoe_n_ort_latency_over_{y}": (o["dsmoe-n"]["median"] / o[y]["median"], 1.0) for y in ("yolov8s", "yolo26s")},
     }
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -160,6 +208,12 @@ def markdown(r: dict) -> str:
     for k, v in t.items():
         lines.append(f"| {k} | {v['moe_gflops']:.3f} | {v['moe_gflops'] / k32:.2f}x | {v['moe_latency_ms']:.1f} | "
                      f"{v['model_gflops']:.2f} | {v['latency_ms']:.0f} | {v['latency_ms'] / k1:.2f}x |")
+    lines += ["", f"## ONNX Runtime latency (batch 1, {s['imgsz']} px, Ultralytics' exporter, random weights)", "",
+              f"Median, min and max over {s['ort_rounds']} rounds, the models interleaved in each, after 2 warm-up "
+              "rounds; ONNX Runtime thread spinning off. GFLOP/s = GFLOPs / median.", "",
+              "| model | GFLOPs | median (ms) | min | max | GFLOP/s |", "|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {k} | {r['models'][k]['gflops']:.1f} | {v['median']:.0f} | {v['min']:.0f} | {v['max']:.0f} | "
+              f"{r['models'][k]['gflops'] / v['median'] * 1e3:.0f} |" for k, v in r["ort"].items()]
     lines += ["", "## Targets", "", "| target | measured | limit | met |", "|---|---:|---:|---|"]
     lines += [f"| {k} | {v:.3f} | {lim} | {'yes' if v <= lim else 'no'} |" for k, (v, lim) in r["targets"].items()]
     return "\n".join(lines) + "\n"
