@@ -24,7 +24,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ultralytics.nn.tasks import DetectionModel, yaml_model_load
 
-from ultralytics_dsmoe.nn.encoder import SpatialPrior
 from ultralytics_dsmoe.nn import (
     CBAM,
     AnisotropicDSConv,
@@ -36,6 +35,7 @@ from ultralytics_dsmoe.nn import (
     SemanticDistill,
     SpaceBroadcast,
     SparseMoE,
+    SpatialPrior,
 )
 
 TOPK = (1, 2, 4, 5, 8, 16, 32)

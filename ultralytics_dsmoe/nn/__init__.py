@@ -7,7 +7,7 @@ SparseMoE); 9-10 ``fusion`` (ExpertEnsemble, FeatureAggregate).
 
 from .broadcast import SpaceBroadcast
 from .cbam import CBAM
-from .encoder import AnisotropicDSConv, HybridEncoder, MobileSAMEncoder, Pick
+from .encoder import AnisotropicDSConv, HybridEncoder, MobileSAMEncoder, Pick, SpatialPrior
 from .fusion import ExpertEnsemble, FeatureAggregate
 from .hyperbolic import HyperbolicAlign
 from .moe import ExpertRouter, SparseMoE
@@ -26,5 +26,6 @@ __all__ = (
     "Pick",
     "SemanticDistill",
     "SparseMoE",
+    "SpatialPrior",
     "SpaceBroadcast",
 )

@@ -20,7 +20,7 @@ from ultralytics.nn.modules import C2f, Conv
 from ultralytics.utils import LOGGER, WEIGHTS_DIR
 from ultralytics.utils.torch_utils import fuse_conv_and_bn
 
-__all__ = ("AnisotropicDSConv", "HybridEncoder", "MobileSAMEncoder", "Pick", "fold_batchnorms")
+__all__ = ("AnisotropicDSConv", "HybridEncoder", "MobileSAMEncoder", "Pick", "SpatialPrior", "fold_batchnorms")
 
 # MobileSAM's TinyViT configuration (ultralytics/models/sam/build.py::build_mobile_sam).
 TINYVIT_MOBILESAM = dict(
