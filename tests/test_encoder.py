@@ -105,9 +105,9 @@ def test_hybrid_at_full_resolution_without_stem_is_mobilesam_encoder():
             torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("ratio, stem", [(0.5, 16), (0.7, 8), (0.5, 0), (1.0, 8)])
-def test_hybrid_shapes_match_the_full_resolution_grid(ratio, stem):
-    enc = HybridEncoder(3, "none", ratio, stem)
+@pytest.mark.parametrize("ratio, stem, p2", [(0.5, 16, False), (0.7, 8, True), (0.5, 0, False), (1.0, 8, False)])
+def test_hybrid_shapes_match_the_full_resolution_grid(ratio, stem, p2):
+    enc = HybridEncoder(3, "none", ratio, stem, p2)
     outs = enc(torch.rand(2, 3, 128, 192))
     assert [tuple(o.shape) for o in outs] == [(2, 64, 32, 48), (2, 128, 16, 24), (2, 320, 8, 12)]
     assert (enc.stem is None) == (stem == 0)
@@ -124,7 +124,7 @@ def test_hybrid_tinyvit_sees_the_reduced_image():
 
 def test_hybrid_gradients_reach_every_parameter():
     torch.manual_seed(0)
-    enc = HybridEncoder(3, "none", 0.5, 8)
+    enc = HybridEncoder(3, "none", 0.5, 8, p2=True)
     sum(o.square().mean() for o in enc(torch.rand(2, 3, 64, 96))).backward()
     assert not [n for n, p in enc.named_parameters() if p.grad is None]
     # TinyViT zero-initialises the last BatchNorm of each MBConv residual branch (bn_weight_init=0), so the convs

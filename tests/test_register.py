@@ -131,7 +131,7 @@ def test_function_signature_change_fails_loudly():
 def test_path_like_string_args_pass_through(monkeypatch):
     """Absolute paths in YAML args reach the block instead of crashing ast.literal_eval."""
     seen = {}
-    monkeypatch.setattr(MobileSAMEncoder, "__init__", lambda self, c1, w: (nn.Module.__init__(self), seen.update(w=w)))
+    monkeypatch.setattr(MobileSAMEncoder, "__init__", lambda self, c1, w, **kw: (nn.Module.__init__(self), seen.update(w=w)))
     d = yaml_model_load("dsmoe.yaml")
     d["backbone"][0][3] = ["/abs/path/mobile_sam.pt"]
     with pytest.raises(Exception):  # the stubbed encoder cannot run the stride probe; parsing got past the args

@@ -240,31 +240,33 @@ def check_tinyvit(vit: nn.Module) -> None:
 class SpatialPrior(nn.Module):
     """Full-resolution convolutional stem of ``HybridEncoder`` (ViT-Adapter's spatial prior module, in YOLO blocks).
 
-    YOLOv8's first stages at width ``c``: strides 2, 4 (C2f), 8 (C2f), 16 (C2f), each stride-4..16 map projected by a
-    1x1 Conv + BN to the TinyViT level it is added to.
+    YOLOv8's first stages at width ``c``: strides 2, 4 (C2f), 8 (C2f), 16 (C2f). The stride-4..16 maps from level
+    ``first`` on are projected by a 1x1 Conv + BN to the TinyViT level they are added to.
 
     Args:
         c1: input channels.
         c: width of the first conv; the stride-4, 8, 16 maps have 2c, 4c, 8c channels.
-        c_out: channels of the three projected maps (the TinyViT levels).
+        c_out: channels of the three TinyViT levels.
+        first: first level that gets a projection (1 skips P2/4, for models whose neck does not use it).
     """
 
-    def __init__(self, c1: int, c: int, c_out: tuple[int, ...]):
+    def __init__(self, c1: int, c: int, c_out: tuple[int, ...], first: int = 0):
         super().__init__()
         widths = (2 * c, 4 * c, 8 * c)
+        self.first = first
         self.levels = nn.ModuleList(
             [nn.Sequential(Conv(c1, c, 3, 2), Conv(c, widths[0], 3, 2), C2f(widths[0], widths[0], 1, True))]
             + [nn.Sequential(Conv(a, b, 3, 2), C2f(b, b, 1, True)) for a, b in zip(widths, widths[1:])]
         )
-        self.proj = nn.ModuleList(Conv(a, b, 1, act=False) for a, b in zip(widths, c_out))
+        self.proj = nn.ModuleList(Conv(a, b, 1, act=False) for a, b in zip(widths[first:], c_out[first:]))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """(B, c1, H, W) -> [(B, c_out[0], H/4, W/4), (B, c_out[1], H/8, W/8), (B, c_out[2], H/16, W/16)]."""
+        """(B, c1, H, W) -> maps at H/4, H/8, H/16: projected to ``c_out`` from level ``first`` on, raw before it."""
         maps = []
         for level in self.levels:
             x = level(x)
             maps.append(x)
-        return [proj(m) for proj, m in zip(self.proj, maps)]
+        return maps[: self.first] + [proj(m) for proj, m in zip(self.proj, maps[self.first :])]
 
 
 class HybridEncoder(nn.Module):
@@ -280,7 +282,8 @@ class HybridEncoder(nn.Module):
         P_l = Up(v_l, size of s_l) + Proj_l(s_l),   s_l = Stem_l(x)
 
     ViT-Adapter's injector is cross-attention; here fusion is addition after a 1x1 Conv + BN, which costs 0.3
-    GFLOPs at 640 and exports anywhere. The reduced-resolution TinyViT fits its attention windows to the smaller
+    GFLOPs at 640 and exports anywhere. P2/4 gets stem detail only with ``p2`` (the P2 detection head); otherwise
+    it is the resized TinyViT map, so a neck that does not use it leaves no unused parameters. The reduced-resolution TinyViT fits its attention windows to the smaller
     maps (``MobileSAMEncoder(fit_windows=True)``). ``ratio=1`` with ``stem=0`` is exactly ``MobileSAMEncoder``.
 
     Args:
@@ -288,17 +291,18 @@ class HybridEncoder(nn.Module):
         weights: MobileSAM weights, see ``find_mobilesam_weights``.
         ratio: TinyViT input size relative to the image, in (0, 1].
         stem: width of the stem's first conv (the YAML scales it like a Conv's c2); 0 = no stem.
+        p2: add stem detail to the P2/4 output too.
     """
 
     out_channels = MobileSAMEncoder.out_channels
 
-    def __init__(self, c1: int = 3, weights: str | None = "auto", ratio: float = 0.5, stem: int = 16):
+    def __init__(self, c1: int = 3, weights: str | None = "auto", ratio: float = 0.5, stem: int = 16, p2: bool = False):
         super().__init__()
         if not 0 < ratio <= 1:
             raise ValueError(f"HybridEncoder ratio must be in (0, 1], got {ratio}.")
         self.ratio = float(ratio)
         self.sam = MobileSAMEncoder(c1, weights, fit_windows=ratio < 1 or bool(stem))
-        self.stem = SpatialPrior(c1, int(stem), self.out_channels) if stem else None
+        self.stem = SpatialPrior(c1, int(stem), self.out_channels, first=0 if p2 else 1) if stem else None
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(B, 3, H, W) in 0-1 -> [(B, 64, H/4, W/4), (B, 128, H/8, W/8), (B, 320, H/16, W/16)]."""
@@ -306,7 +310,9 @@ class HybridEncoder(nn.Module):
         if self.stem is None:  # the TinyViT maps alone, on the full-resolution grid
             h, w = x.shape[-2:]
             return vit if self.ratio == 1 else [_resize(v, (h // s, w // s)) for v, s in zip(vit, (4, 8, 16))]
-        return [_resize(v, d.shape[-2:]) + d for v, d in zip(vit, self.stem(x))]
+        detail = self.stem(x)
+        first = self.stem.first  # levels before it carry no stem detail (raw stem maps, used for their size only)
+        return [_resize(v, d.shape[-2:]) + (d if i >= first else 0) for i, (v, d) in enumerate(zip(vit, detail))]
 
 
 def _resize(x: torch.Tensor, size) -> torch.Tensor:
