@@ -185,10 +185,9 @@ def run_worker(spec: dict, folder: Path) -> dict:
 
 
 def measure_inference(results: dict, imgsz: int, device: str, reps: int) -> None:
-    """Params, GFLOPs and batch-1 latency (PyTorch eager interleaved, then ONNX Runtime one model after the other) of
-    every best.pt, in place."""
+    """Params, GFLOPs and batch-1 latency (PyTorch eager, then ONNX Runtime, each in interleaved rounds) of every
+    best.pt, in place."""
     import numpy as np
-    import onnxruntime as ort
     import torch
     from ultralytics import YOLO
     from ultralytics.utils.torch_utils import select_device

@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ultralytics.nn.tasks import DetectionModel, yaml_model_load
 
+from ultralytics_dsmoe.benchmark import REFERENCES  # the YOLO models dsmoe-n is judged against
 from ultralytics_dsmoe.nn import (
     CBAM,
     AnisotropicDSConv,
@@ -89,16 +91,9 @@ def model_costs(model: DetectionModel, imgsz: int) -> dict:
 
 
 def latencies_ms(fns: dict, reps: int, warmup: int = 2) -> dict:
-    """Median latency in ms of each zero-argument callable, interleaved rep by rep so machine drift hits all alike."""
-    times = {key: [] for key in fns}
+    """Median latency in ms of each zero-argument PyTorch callable, without autograd, over interleaved rounds."""
     with torch.no_grad():
-        for i in range(warmup + reps):
-            for key, fn in fns.items():
-                t = time.perf_counter()
-                fn()
-                if i >= warmup:
-                    times[key].append((time.perf_counter() - t) * 1e3)
-    return {key: statistics.median(v) for key, v in times.items()}
+        return {key: t["median"] for key, t in latency_rounds(fns, reps, warmup).items()}
 
 
 def ort_session(file: str, threads: int, providers=("CPUExecutionProvider",)):
@@ -170,16 +165,14 @@ def run(imgsz: int = 640, reps: int = 5, out: Path | None = None, ort_rounds: in
         for k, m in models.items()
     }
     results["topk"] = sweep
-    import tempfile
-
     with tempfile.TemporaryDirectory() as tmp:
         results["ort"] = onnx_latencies(ORT_MODELS, imgsz, ort_rounds, torch.get_num_threads(), Path(tmp))
     m, o = results["models"], results["ort"]
     results["targets"] = {
         "moe_flops_k5_over_k32": (sweep[5]["moe_gflops"] / sweep[32]["moe_gflops"], 0.25),
         "latency_k5_over_k1": (sweep[5]["latency_ms"] / sweep[1]["latency_ms"], 1.15),
-        **{f"dsmoe_n_gflops_over_{y}": (m["dsmoe-n"]["gflops"] / m[y]["gflops"], 1.0) for y in ("yolov8s", "yolo26s")},
-        **{f"dsmoe_n_ort_latency_over_{y}": (o["dsmoe-n"]["median"] / o[y]["median"], 1.0) for y in ("yolov8s", "yolo26s")},
+        **{f"dsmoe_n_gflops_over_{y}": (m["dsmoe-n"]["gflops"] / m[y]["gflops"], 1.0) for y in REFERENCES},
+        **{f"dsmoe_n_ort_latency_over_{y}": (o["dsmoe-n"]["median"] / o[y]["median"], 1.0) for y in REFERENCES},
     }
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
