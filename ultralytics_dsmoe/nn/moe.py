@@ -99,7 +99,7 @@ class SparseMoE(TransientState):
     How sparsity is real: every expert is "cheap spatial pre-op + 1x1 projection W_e". The pre-ops (depthwise
     anisotropic kernels, box means, identity) have no channel mixing and are computed once per sample for all three
     expert kinds; the projections (the cost) are stored stacked as one (Ne, c2, c) bank. For each sample the k chosen
-    projections are gathered (``bank[idx]``) and applied by einsum, together with the chosen expert's kind of input,
+    projections are gathered (``SparseMoE.chosen``) and applied by einsum, together with the chosen expert's kind of input,
     so compute grows with k and not with Ne, there is no Python control flow on routing, and the graph exports.
 
     Readings: eq. 22-23 concatenate two branches; here channel halves F_b^a, F_b^b go through the two branches so
@@ -158,15 +158,17 @@ class SparseMoE(TransientState):
         """[F_b (B, c, H, W), T_hat (B, nc, d)] -> F_MoE (B, c2, H, W)."""
         f, t = x
         probs, idx, gates, text = self.router(f, t)
-        kind = self.kind[idx]  # (B, k)
+        pick = self.chosen(idx)
+        kind = pick(self.kind)  # (B, k)
         xs = torch.einsum("bkt,btchw->bkchw", F.one_hot(kind, 3).to(f.dtype), self.expert_inputs(f))
-        y = torch.einsum("bkoc,bkchw->bkohw", self.weight[idx].to(f.dtype), xs)  # only the k chosen W_e run
+        y = torch.einsum("bkoc,bkchw->bkohw", pick(self.weight).to(f.dtype), xs)  # only the k chosen W_e run
         text_k = torch.gather(text, 1, idx.unsqueeze(-1).expand(-1, -1, text.shape[-1]))  # (B, k, d)
         cross = (kind == 2).to(f.dtype)[..., None]  # (B, k, 1)
-        shift = self.bias[idx] + cross * torch.einsum("bkod,bkd->bko", self.text_weight[idx], text_k.to(self.text_weight.dtype))
+        w_t = pick(self.text_weight)
+        shift = pick(self.bias) + cross * torch.einsum("bkod,bkd->bko", w_t, text_k.to(w_t.dtype))
         y = y + shift.to(f.dtype)[..., None, None]
         normed = (y - y.mean(2, keepdim=True)) / (y.var(2, keepdim=True, unbiased=False) + 1e-5).sqrt()
-        normed = normed * self.ln_weight[idx].to(f.dtype)[..., None, None] + self.ln_bias[idx].to(f.dtype)[..., None, None]
+        normed = normed * pick(self.ln_weight).to(f.dtype)[..., None, None] + pick(self.ln_bias).to(f.dtype)[..., None, None]
         cross = cross[..., None, None]
         y = cross * normed + (1 - cross) * y  # LayerNorm for cross-modal experts only (eq. 24)
         out = torch.einsum("bk,bkohw->bohw", gates.to(f.dtype), y)
@@ -174,6 +176,16 @@ class SparseMoE(TransientState):
             self.last_routing = (probs.detach(), idx.detach())
             self.aux_loss = self.balance_loss(probs, idx)
         return out
+
+    @staticmethod
+    def chosen(idx: torch.Tensor):
+        """(B, k) expert indices -> a function taking an (Ne, ...) bank to the (B, k, ...) rows of the chosen experts.
+
+        ``index_select`` rather than ``bank[idx]``: the same Gather when exported, but its backward is a dense
+        ``index_add`` where advanced indexing's is an accumulating ``index_put`` (measured here: 11 of SparseMoE's
+        46 ms per training step at dsmoe-n, 160 px, batch 16)."""
+        flat = idx.reshape(-1)
+        return lambda bank: bank.index_select(0, flat).view(*idx.shape, *bank.shape[1:])
 
     def balance_loss(self, probs: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """Switch load balance Ne * sum_e f_e P_e; 1.0 when routing is uniform."""
