@@ -24,9 +24,16 @@ class BuildPy(build_py):
         (out / PTH).write_text(PTH_LINE)
 
 
+# PEP 660 editable wheels drop extra build_lib files, and setuptools offers no public hook to add one: the .pth goes
+# into the wheel root through `editable_wheel._install_namespaces`, a private method. Guarded like the plugin's
+# patches: a setuptools without it fails the build with this message instead of installing without the autoload hook.
+if not callable(getattr(editable_wheel, "_install_namespaces", None)):
+    raise RuntimeError("ultralytics-dsmoe: this setuptools has no editable_wheel._install_namespaces, so `pip install -e` "
+                       "cannot add the autoload .pth; build with setuptools 84 (tested) or use a regular `pip install .`")
+
+
 class EditableWheel(editable_wheel):
-    # PEP 660 editable wheels drop extra build_lib files: put the .pth in the wheel root ourselves.
-    # (The editable package finds cfg/ and datasets/ next to the sources, see ultralytics_dsmoe/register.py.)
+    # (The editable package finds cfg/ and datasets/ next to the sources, see ultralytics_dsmoe/meta.py.)
     def _install_namespaces(self, installation_dir, pth_prefix):
         super()._install_namespaces(installation_dir, pth_prefix)
         Path(installation_dir, PTH).write_text(PTH_LINE)

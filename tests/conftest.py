@@ -10,7 +10,6 @@ import pytest
 _HOME = Path(tempfile.mkdtemp(prefix="dsmoe-tests-"))
 os.environ["YOLO_CONFIG_DIR"] = str(_HOME / "config")  # read once when ultralytics is imported
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
 
 
 @pytest.fixture(scope="session")

@@ -17,18 +17,21 @@ def test_save_load_round_trip_and_safe_load(tmp_path):
     file = tmp_path / "dsmoe.pt"
     model.save(file)
     x = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(1))
-    torch.save(x, tmp_path / "x.pt")
     with torch.no_grad():
         ref = net.eval()(x)[0]
         loaded = YOLO(file).model.float().eval()(x)[0]
     torch.testing.assert_close(loaded, ref, rtol=1e-5, atol=1e-4)  # equal up to fp32 rounding (BN folding on load)
-    torch.save(ref, tmp_path / "ref.pt")
+    torch.save({"x": x, "y": ref}, tmp_path / "io.pt")
+    assert max_diff_under_safe_load(file, tmp_path / "io.pt") < 1e-4
+
+
+def max_diff_under_safe_load(file, io_file) -> float:
+    """Load ``file`` in a fresh process with ULTRALYTICS_SAFE_LOAD=1; max |output - io['y']| on input io['x']."""
     code = (f"import torch; from ultralytics import YOLO; m = YOLO({str(file)!r}).model.float().eval(); "
-            f"x = torch.load({str(tmp_path / 'x.pt')!r}); ref = torch.load({str(tmp_path / 'ref.pt')!r}); "
-            "out = m(x)[0]; print('max diff', (out - ref).abs().max().item())")
+            f"io = torch.load({str(io_file)!r}); print('max diff', (m(io['x'])[0] - io['y']).abs().max().item())")
     r = run_python(code, REPO, {**os.environ, "ULTRALYTICS_SAFE_LOAD": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
-    assert float(r.stdout.strip().splitlines()[-1].split()[-1]) < 1e-4
+    return float(r.stdout.strip().splitlines()[-1].split()[-1])
 
 
 def test_checkpoint_without_the_plugin_says_what_to_install(tmp_path):
@@ -60,3 +63,26 @@ def test_checkpoint_from_another_plugin_version_is_named(tmp_path, caplog):
         YOLO(tmp_path / "old.pt")
     assert f"old.pt was made with ultralytics-dsmoe 0.0.1; this is {__version__}" in caplog.text
     assert "pip install ultralytics-dsmoe==0.0.1" in caplog.text
+
+
+FIXTURES = REPO / "tests" / "fixtures"
+
+
+def test_checkpoint_from_plugin_0_1_0_loads_and_computes_the_same(tmp_path):
+    """A checkpoint saved before the `patches` refactor (blocks then named CBAM, unfused conv + BN pairs, per-forward
+    aux losses) loads, computes its recorded outputs, rebuilds from its own yaml (fine-tuning) and fuses."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    from ultralytics_dsmoe.nn import DSCBAM
+
+    file, io = FIXTURES / "dsmoe-0.1.0-tiny.pt", torch.load(FIXTURES / "dsmoe-0.1.0-tiny-io.pt")
+    model = YOLO(file).model.float().eval()
+    assert any(isinstance(m, DSCBAM) for m in model.modules())  # pickled as 'CBAM'
+    with torch.no_grad():
+        torch.testing.assert_close(model(io["x"])[0], io["y"], rtol=1e-5, atol=1e-4)
+        fused = model.fuse()(io["x"])[0]
+    torch.testing.assert_close(fused, io["y"], rtol=1e-4, atol=1e-2)  # BN folding: fp32 rounding only
+    assert [r[2] for r in model.yaml["backbone"]].count("CBAM") == 2  # the yaml keeps the old name ...
+    rebuilt = DetectionModel(model.yaml, nc=3, verbose=False)  # ... and still builds the same blocks
+    assert [type(m) for m in rebuilt.model] == [type(m) for m in model.model]
+    assert max_diff_under_safe_load(file, FIXTURES / "dsmoe-0.1.0-tiny-io.pt") < 1e-4

@@ -92,7 +92,7 @@ def test_each_column_changes_only_its_component():
     a, b, c = rows("dsmoe-ablation-a"), rows("dsmoe-ablation-b"), rows("dsmoe-ablation-c")
     assert a[:5] == [b[0], b[1], b[3], b[13], b[14]]  # A -> B: same ResNet-50 taps (layer2-4) and SPPF ...
     assert [r[1:] for r in a[5:]] == [r[1:] for r in b[15:]]  # ... and the same PAN + Detect (`from` aside)
-    assert [r[2] for r in b[2:13]] == ["CBAM", "Index", "CBAM", "ClassText", "SemanticDistill", "HyperbolicAlign",
+    assert [r[2] for r in b[2:13]] == ["DSCBAM", "Index", "DSCBAM", "ClassText", "SemanticDistill", "HyperbolicAlign",
                                        "SpaceBroadcast", "Conv", "ExpertEnsemble", "FeatureAggregate", "Conv"]
     assert [r[1:] for r in b[4:13]] == [r[1:] for r in c[6:15]]  # B -> C: the same text + core stages at P4
     assert changed_rows("dsmoe-ablation-c", "dsmoe-ablation-d") == [9]  # HyperbolicAlign: euclidean -> poincare

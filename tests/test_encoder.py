@@ -163,7 +163,7 @@ def test_fold_batchnorms_keeps_outputs():
 
 
 def test_tinyvit_guard_names_what_changed():
-    from ultralytics_dsmoe.register import PatchError
+    from ultralytics_dsmoe.guard import PatchError
 
     enc = MobileSAMEncoder(3, "none")
     del enc.vit.layers[2].blocks[0].attn.attention_biases

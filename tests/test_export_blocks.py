@@ -17,9 +17,9 @@ ort = pytest.importorskip("onnxruntime")  # a test extra (onnx itself is a depen
 
 import ultralytics_dsmoe  # noqa: E402,F401  (registers the blocks; a no-op when the autoload hook already did)
 from ultralytics_dsmoe.nn import (  # noqa: E402
-    CBAM,
     AnisotropicDSConv,
     ClassText,
+    DSCBAM,
     ExpertEnsemble,
     ExpertRouter,
     FeatureAggregate,
@@ -30,6 +30,7 @@ from ultralytics_dsmoe.nn import (  # noqa: E402
     SpaceBroadcast,
     SparseMoE,
 )
+from ultralytics_dsmoe.nn.transient import AuxLossBlock  # noqa: E402
 
 TOL = 1e-4
 C, D, NC = 32, 32, 4  # channels, text width, classes of the block cases
@@ -111,7 +112,7 @@ CASES = {
         (1, 13, 17),
         (2, 19, 23),
     ),
-    "CBAM": (lambda: CBAM(C), [fmap(C)], ["x"], ["y"]),
+    "DSCBAM": (lambda: DSCBAM(C), [fmap(C)], ["x"], ["y"]),
     "ClassText": (lambda: ClassText(C, D, NC, d_t=64), [fmap(C)], ["x"], ["t"]),
     "SemanticDistill": (lambda: SemanticDistill(D, heads=8), [text], ["t"], ["t_hat"]),
     "HyperbolicAlign": (hyperbolic, [fmap(C), text], ["f", "t"], ["g"]),
@@ -218,10 +219,10 @@ def test_block_export_matches_on_new_shape(case):
         traced = as_list(model(*trace_inputs))
         expected = as_list(model(*check_inputs))
     axes = axes_for(input_names + output_names, trace_inputs + traced)
-    aux = {m: m.aux_loss for m in model.modules() if hasattr(m, "aux_loss")}  # SparseMoE, FeatureAggregate
+    aux = {m: m.saved for m in model.modules() if isinstance(m, AuxLossBlock)}  # SparseMoE, FeatureAggregate
 
     got = run_onnx(export(model, trace_inputs, input_names, output_names, axes), dict(zip(input_names, check_inputs)))
-    assert all(m.aux_loss is loss for m, loss in aux.items()), "tracing overwrote an auxiliary loss"
+    assert all(m.saved is saved for m, saved in aux.items()), "tracing overwrote what the auxiliary losses use"
     diffs = max_diffs(output_names, expected, got)
     print(f"{case}: max abs diff {diffs}")
     assert max(diffs.values()) <= TOL, f"{case}: ONNX differs from PyTorch on (B, H, W) = {check_shape}: {diffs}"

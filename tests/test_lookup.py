@@ -7,14 +7,15 @@ import pytest
 
 from ultralytics.nn.tasks import DetectionModel, yaml_model_load
 from ultralytics.utils import checks
-from ultralytics_dsmoe import register
+from ultralytics_dsmoe import meta
+from ultralytics_dsmoe.patches import lookup
 
 
 @pytest.mark.parametrize("name, scale", [("dsmoe.yaml", ""), ("dsmoe-n.yaml", "n"), ("dsmoe-s.yaml", "s"),
                                          ("dsmoe-m.yaml", "m")])
 def test_bare_names_resolve_with_scale(tmp_path, monkeypatch, name, scale):
     monkeypatch.chdir(tmp_path)
-    assert Path(checks.check_yaml(name)) == register.CFG_DIR / "dsmoe.yaml"
+    assert Path(checks.check_yaml(name)) == meta.CFG_DIR / "dsmoe.yaml"
     assert yaml_model_load(name)["scale"] == scale
 
 
@@ -28,7 +29,7 @@ def test_no_assumed_scale_warning(tmp_path, monkeypatch, caplog):
 def test_local_file_wins(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     local = tmp_path / "dsmoe-n.yaml"
-    local.write_text((register.CFG_DIR / "dsmoe.yaml").read_text().replace("nc: 4", "nc: 7"))
+    local.write_text((meta.CFG_DIR / "dsmoe.yaml").read_text().replace("nc: 4", "nc: 7"))
     assert checks.check_yaml("dsmoe-n.yaml") == "dsmoe-n.yaml"
     assert yaml_model_load("dsmoe-n.yaml")["nc"] == 7
 
@@ -37,12 +38,12 @@ def test_dataset_names_resolve(tmp_path, monkeypatch):
     from ultralytics.data import utils as data_utils  # holds its own reference to check_file
 
     monkeypatch.chdir(tmp_path)
-    assert Path(data_utils.check_file("synthetic-defects.yaml")) == register.DATA_DIR / "synthetic-defects.yaml"
+    assert Path(data_utils.check_file("synthetic-defects.yaml")) == meta.DATA_DIR / "synthetic-defects.yaml"
 
 
 def test_stock_lookup_untouched(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert Path(checks.check_yaml("yolov8n.yaml", hard=False) or checks.check_yaml("yolov8.yaml")).name == "yolov8.yaml"
     assert yaml_model_load("yolov8s.yaml")["scale"] == "s"
-    assert register.shipped_file("missing-thing.yaml") is None
-    assert register.shipped_file("sub/dsmoe.yaml") is None  # paths with folders are never redirected
+    assert lookup.shipped_file("missing-thing.yaml") is None
+    assert lookup.shipped_file("sub/dsmoe.yaml") is None  # paths with folders are never redirected

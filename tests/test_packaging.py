@@ -27,6 +27,6 @@ def test_wheel_contents(tmp_path):
     shipped = {f"ultralytics_dsmoe/{p.relative_to(REPO).as_posix()}" for d in ("cfg", "datasets")
                for p in (REPO / d).rglob("*.yaml")}
     assert shipped and shipped <= names
-    assert {"ultralytics_dsmoe.pth", "ultralytics_dsmoe_hook.py", "ultralytics_dsmoe/register.py"} <= names
+    assert {"ultralytics_dsmoe.pth", "ultralytics_dsmoe_hook.py", "ultralytics_dsmoe/patches/parser.py"} <= names
     pth = zipfile.ZipFile(wheel).read("ultralytics_dsmoe.pth").decode()
     assert pth.strip() == "import ultralytics_dsmoe_hook; ultralytics_dsmoe_hook.autoload()"

@@ -26,34 +26,24 @@ from torch.utils.flop_counter import FlopCounterMode
 from ultralytics.nn.tasks import DetectionModel, yaml_model_load
 
 from ultralytics_dsmoe.benchmark import REFERENCES  # the YOLO models dsmoe-n is judged against
-from ultralytics_dsmoe.nn import (
-    CBAM,
-    AnisotropicDSConv,
-    ClassText,
-    ExpertEnsemble,
-    FeatureAggregate,
-    HyperbolicAlign,
-    MobileSAMEncoder,
-    SemanticDistill,
-    SpaceBroadcast,
-    SparseMoE,
-    SpatialPrior,
-)
+from ultralytics_dsmoe.nn import BLOCKS
 
 TOPK = (1, 2, 4, 5, 8, 16, 32)
 YOLO = ("yolov8n", "yolov8s", "yolov8m", "yolo11s", "yolo26s")
 DSMOE = ("dsmoe-n", "dsmoe-s", "dsmoe-m", "dsmoe-full-n", "dsmoe-p2-n") + tuple(f"dsmoe-ablation-{c}-n" for c in "abcde")
 ORT_MODELS = ("yolov8n", "yolov8s", "yolo11s", "yolo26s", "dsmoe-n", "dsmoe-full-n")  # ONNX Runtime latency rows
-STAGES = {  # cost breakdown rows: label -> block types (found at any depth, e.g. inside HybridEncoder)
-    "Stage 3 MobileSAM TinyViT": (MobileSAMEncoder,),
-    "Stage 3 full-resolution stem + fusion (HybridEncoder)": (SpatialPrior,),
-    "Stage 3-4 DSConv adapters + CBAM": (AnisotropicDSConv, CBAM),
-    "Stages 1-2 text": (ClassText, SemanticDistill),
-    "Stage 5 hyperbolic alignment": (HyperbolicAlign,),
-    "Stage 6 space broadcasting": (SpaceBroadcast,),
-    "Stages 7-8 router + sparse experts": (SparseMoE,),
-    "Stages 9-10 ensemble + aggregation": (ExpertEnsemble, FeatureAggregate),
-}
+
+
+def cost_rows() -> dict[str, tuple[type, ...]]:
+    """The cost breakdown's rows, from the stage table: label -> block types (found at any depth in a model)."""
+    rows = {}
+    for block in BLOCKS.values():
+        if block.cost is not None:
+            rows.setdefault(block.cost, []).append(block.cls)
+    return {label: tuple(types) for label, types in rows.items()}
+
+
+STAGES = cost_rows()
 
 
 def set_experts(d: dict, ne: int | None = None, topk: int | None = None) -> dict:

@@ -20,7 +20,9 @@ from torch import nn
 
 from ultralytics.utils.loss import v8DetectionLoss
 
-__all__ = ("AUX_LOSSES", "LOSSES", "AuxLosses", "QualityFocalDetectionLoss", "QualityFocalLoss")
+from ultralytics_dsmoe.util import model_cfg
+
+__all__ = ("LOSSES", "AuxLosses", "QualityFocalDetectionLoss", "QualityFocalLoss")
 
 
 class QualityFocalLoss(nn.Module):
@@ -49,9 +51,9 @@ class QualityFocalDetectionLoss(v8DetectionLoss):
 
     def __init__(self, model, tal_topk: int = 10, tal_topk2: int | None = None):
         super().__init__(model, tal_topk, tal_topk2)
-        cfg = model.yaml if isinstance(model.yaml, dict) else {}
+        cfg = model_cfg(model)
         self.qfl = QualityFocalLoss(cfg.get("qfl_alpha", 0.45), cfg.get("qfl_beta", 2.0))
-        self.bce = self._scaled_qfl  # the only classification term of v8DetectionLoss
+        self.bce = self._scaled_qfl  # its only classification term (checked by patches.criterion at install)
         self.qfl_gain = float(cfg.get("qfl_gain", 1.0))
 
     def _scaled_qfl(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -61,28 +63,25 @@ class QualityFocalDetectionLoss(v8DetectionLoss):
 LOSSES = {"qfocal": QualityFocalDetectionLoss}
 
 
-# Auxiliary losses kept by plugin blocks after each forward: loss column -> (model-YAML gain key, default gain, block).
-AUX_LOSSES = {"moe_loss": ("moe_balance", 0.01, "SparseMoE"), "align_loss": ("align_gain", 0.05, "FeatureAggregate")}
-
-
 class AuxLosses:
-    """Wrap a detection criterion and add the blocks' auxiliary losses as extra, gain-weighted loss terms.
+    """Wrap a detection criterion and add the blocks' auxiliary losses (``nn.transient.AuxLossBlock``) as extra terms.
 
-    Each term is the mean of ``aux_loss`` over the model's blocks of that kind, computed in the same forward pass
-    the criterion scores (training and validation alike, so train/ and val/ columns match in results.csv).
-    Everything else (``update``, attributes) is the wrapped criterion's.
+    Each term is the mean of that term over the model's blocks that have it, times its gain (the model-YAML key the
+    block names, else the block's default). It is computed from the same forward pass the criterion scores, in training
+    and validation alike, so train/ and val/ columns match in results.csv. Everything else (``update``, attributes) is
+    the wrapped criterion's.
     """
 
     def __init__(self, criterion, model):
-        from ultralytics_dsmoe import nn as blocks
+        from ultralytics_dsmoe.nn.transient import AuxLossBlock
 
         self.criterion = criterion
-        cfg = model.yaml if isinstance(model.yaml, dict) else {}
-        self.terms = []  # (column, gain, modules)
-        for column, (key, default, block) in AUX_LOSSES.items():
-            modules = [m for m in model.modules() if isinstance(m, getattr(blocks, block))]
-            if modules:
-                self.terms.append((column, float(cfg.get(key, default)), modules))
+        cfg, found = model_cfg(model), {}
+        for m in model.modules():
+            if isinstance(m, AuxLossBlock):
+                for column, (key, default) in m.AUX_LOSSES.items():
+                    found.setdefault(column, (float(cfg.get(key, default)), []))[1].append(m)
+        self.terms = [(column, gain, modules) for column, (gain, modules) in found.items()]  # (column, gain, blocks)
 
     def __getattr__(self, name):
         if name == "criterion":  # not yet set (e.g. during unpickling): no recursion
@@ -90,13 +89,13 @@ class AuxLosses:
         return getattr(self.criterion, name)
 
     def __call__(self, preds, batch):
-        loss, items = self.criterion(preds, batch)
+        loss, items = self.criterion(preds, batch)  # (box, cls, dfl) * batch size, {name: detached term}
         if not self.terms:
             return loss, items
         batch_size = batch["img"].shape[0]
         extra = []
         for column, gain, modules in self.terms:
-            term = gain * torch.stack([m.aux_loss for m in modules]).mean().to(loss.dtype)
+            term = gain * torch.stack([m.aux_losses()[column] for m in modules]).mean().to(loss.dtype)
             extra.append(term)
             items = {**items, column: term.detach()}
         return torch.cat([loss, torch.stack(extra) * batch_size]), items

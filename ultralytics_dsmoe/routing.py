@@ -31,7 +31,7 @@ def routing_report(weights: str, data: str, split: str = "val", imgsz: int = 640
     from ultralytics.data.utils import check_det_dataset
     from ultralytics.utils.torch_utils import select_device
 
-    from ultralytics_dsmoe.nn import SparseMoE
+    from ultralytics_dsmoe.nn.moe import SparseMoE, switch_loss
 
     dev = select_device(device, verbose=False)
     model = YOLO(weights).model.float().eval().to(dev)
@@ -61,7 +61,7 @@ def routing_report(weights: str, data: str, split: str = "val", imgsz: int = 640
     report = {
         "weights": str(weights), "split": split, "images": images, "experts": moe.ne, "k": moe.k,
         "experts_used": int((slots > 0).sum()), "max_share": share.max().item(), "entropy": entropy,
-        "switch_loss": moe.ne * (share * prob_sum / images).sum().item(), "share": share.tolist(),
+        "switch_loss": switch_loss(share, prob_sum / images).item(), "share": share.tolist(),
         "usage": {names[c]: (usage[c] / per_class[c].clamp(min=1)).tolist() for c in range(len(names))},
         "images_per_class": {names[c]: int(per_class[c]) for c in range(len(names))},
     }

@@ -28,6 +28,8 @@ from PIL import Image
 from ultralytics.data.utils import img2label_paths
 from ultralytics.utils import LOGGER, SETTINGS, YAML
 
+from ultralytics_dsmoe.util import class_key
+
 IMAGE_SUFFIXES = {".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"}
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 SPLITS = ("train", "val", "test")
@@ -268,15 +270,15 @@ def class_lookup(names: list[str], aliases: dict | None) -> dict[str, int]:
     for alias, name in (aliases or {}).items():
         if name not in names:
             raise ValueError(f"aliases: {alias!r} -> {name!r}, which is not one of the names {names}")
-        lookup[str(alias).lower()] = names.index(name)
-    return lookup | {n.lower(): i for i, n in enumerate(names)} | {n: i for i, n in enumerate(names)}
+        lookup[class_key(alias)] = names.index(name)
+    return lookup | {class_key(n): i for i, n in enumerate(names)} | {n: i for i, n in enumerate(names)}
 
 
 def class_id(label: str | int, lookup: dict[str, int], nc: int) -> int | None:
     """A class id for a label (None if unknown); decimal labels outside the lookup are 1-based (DeepPCB types)."""
     if isinstance(label, int):
         return label if 0 <= label < nc else None
-    found = lookup.get(label, lookup.get(label.lower()))
+    found = lookup.get(label, lookup.get(class_key(label)))
     return int(label) - 1 if found is None and label.isdecimal() and 1 <= int(label) <= nc else found
 
 

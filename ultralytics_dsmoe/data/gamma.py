@@ -3,7 +3,7 @@
 ``r`` is the pixel value scaled to [0, 1], ``c = 1`` and ``gamma = 1.5`` in the paper; gamma > 1 darkens the mid
 tones and stretches the bright range where aluminum and steel defects sit. It is a dataset property: a data yaml
 key ``gamma: 1.5`` applies it to every image the trainer and validator read, and checkpoints trained with it
-record it so ``yolo predict`` applies the same transform (``ultralytics_dsmoe.register`` wires both).
+record it so ``yolo predict`` applies the same transform (``ultralytics_dsmoe.patches.trainer`` wires both).
 """
 
 from __future__ import annotations

@@ -10,6 +10,14 @@ from ultralytics.nn.modules import Conv
 
 __all__ = ("SpaceBroadcast",)
 
+# Narrowest geometry (d_e = n // 2) and value (c_v = c2 // 2) widths. The shipped configs never reach them (n = 64
+# gives d_e = 32; c2 >= 128 gives c_v >= 64); they keep small custom configs from a 1-4 channel bottleneck.
+MIN_GEOMETRY, MIN_VALUE = 8, 16
+# Dilation r = 1 + sum_c a_c d_H,c / delta. Two points of the clipped ball (radius 0.98) are at most 2 artanh(0.9998)
+# = 9.2 apart, so delta = 4 at initialisation maps the whole range to r in [1, 3.3], inside the clamp. The clamp bounds
+# the reach of the coarsest grid (s = 0.5, spacing 2 r) to 8 cells, a 17 x 17 window around each pixel. Not measured.
+DELTA_INIT, MAX_DILATION = 4.0, 4.0
+
 
 class SpaceBroadcast(nn.Module):
     """Deformable sampling whose offsets, modulation and dilation come from Stage 5 geometry and the class texts.
@@ -26,7 +34,7 @@ class SpaceBroadcast(nn.Module):
     Readings: ``Upsample_s`` followed by a unit-spaced 3x3 kernel (eq. 16-17) samples the original map on a grid of
     spacing 1/s, so the three scales are realised as three sampling grids on the H x W map (no 4x upsampled copy), and
     their outputs are aligned for the sum of eq. 14. The dilation rule ``r_s = floor(1 + d_H/delta)`` loses its floor
-    to stay differentiable and is clipped to [1, 4]. The geometry-guided kernel of eq. 14 is a learnable depthwise
+    to stay differentiable and is clipped to [1, MAX_DILATION]. The geometry-guided kernel of eq. 14 is a learnable depthwise
     kernel over the 3 x 9 sampling points, modulated by eq. 19, then a pointwise CBS ``psi``. Sampling uses
     ``grid_sample`` (bilinear, zero padding), which exports to ONNX (GridSample, opset >= 16).
 
@@ -42,7 +50,7 @@ class SpaceBroadcast(nn.Module):
         super().__init__()
         c, cg, d = c1
         self.n, self.nc = cg - nc, nc
-        de, cv = max(self.n // 2, 8), max(c2 // 2, 16)
+        de, cv = max(self.n // 2, MIN_GEOMETRY), max(c2 // 2, MIN_VALUE)
         self.scales, self.points = tuple(scales), k * k
         sk = len(self.scales) * self.points
         self.gamma = nn.Conv2d(self.n, de, 1)  # eq. 15
@@ -55,7 +63,7 @@ class SpaceBroadcast(nn.Module):
         self.mask = nn.Conv2d(de, sk, 1)  # W_g of eq. 19
         self.kernel = nn.Parameter(torch.full((cv, sk), 1.0 / sk))  # depthwise weights over the sampling points
         self.psi = Conv(cv, c2, 1)
-        self.log_delta = nn.Parameter(torch.tensor(4.0).log())
+        self.log_delta = nn.Parameter(torch.tensor(DELTA_INIT).log())
         self.log_tau = nn.Parameter(torch.zeros(()))
         r = torch.arange(k, dtype=torch.float32) - k // 2
         grid = torch.stack(torch.meshgrid(r, r, indexing="ij"), -1).view(-1, 2).flip(-1)  # (k*k, 2) as (x, y)
@@ -73,7 +81,7 @@ class SpaceBroadcast(nn.Module):
         v = self.value(torch.cat([f, gamma], 1))  # (B, c_v, H, W)
         offsets = self.offset(torch.cat([F.avg_pool2d(geo, 3, 1, 1, count_include_pad=False), text], 1))
         mask = torch.sigmoid(self.mask(gamma * text))  # (B, S*k*k, H, W)
-        dil = (1 + (a * dmap).sum(1, keepdim=True) / self.log_delta.exp()).clamp(1, 4)  # (B, 1, H, W)
+        dil = (1 + (a * dmap).sum(1, keepdim=True) / self.log_delta.exp()).clamp(1, MAX_DILATION)  # (B, 1, H, W)
 
         # Sampling positions in pixels: p + r(p) * step_{s,k} + dp_{s,k}(p)  -> (B, H, W, S*k*k, 2)
         ys, xs = torch.arange(h, device=f.device, dtype=torch.float32), torch.arange(w, device=f.device, dtype=torch.float32)

@@ -20,6 +20,8 @@ from ultralytics.nn.modules import C2f, Conv
 from ultralytics.utils import LOGGER, WEIGHTS_DIR
 from ultralytics.utils.torch_utils import fuse_conv_and_bn
 
+from ultralytics_dsmoe.guard import PatchError
+
 __all__ = ("AnisotropicDSConv", "HybridEncoder", "MobileSAMEncoder", "Pick", "SpatialPrior", "fold_batchnorms")
 
 # MobileSAM's TinyViT configuration (ultralytics/models/sam/build.py::build_mobile_sam).
@@ -221,8 +223,6 @@ TINYVIT_ATTENTION_ATTRS = ("norm", "qkv", "proj", "num_heads", "key_dim", "d", "
 
 def check_tinyvit(vit: nn.Module) -> None:
     """Raise ``PatchError`` unless ``vit`` has the module layout this file's forward walks."""
-    from ultralytics_dsmoe.register import PatchError  # lazy: register imports this module
-
     layers = getattr(vit, "layers", None)
     if getattr(vit, "patch_embed", None) is None or layers is None or len(layers) != 4:
         raise PatchError("TinyViT no longer has `patch_embed` and four `layers`")
@@ -323,8 +323,9 @@ def _resize(x: torch.Tensor, size) -> torch.Tensor:
 def fold_batchnorms(module: nn.Module) -> nn.Module:
     """Fold each BatchNorm2d that directly follows a Conv2d in an ``nn.Sequential`` of ``module`` into that conv.
 
-    This covers TinyViT's ``Conv2d_BN`` pairs and the plugin's own conv + BN pairs, which Ultralytics' ``fuse()`` does
-    not know (it folds its own ``Conv`` blocks). The BatchNorm is replaced by ``nn.Identity``; call in eval mode.
+    This covers TinyViT's ``Conv2d_BN`` pairs, which Ultralytics' ``fuse()`` does not know (it folds its own ``Conv``
+    blocks, which the plugin's blocks use), and the plain conv + BN pairs of checkpoints from plugin 0.1.0. The
+    BatchNorm is replaced by ``nn.Identity``; call in eval mode.
     """
     for seq in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
         names = list(seq._modules)
@@ -373,7 +374,7 @@ class AnisotropicDSConv(nn.Module):
             )
             for _ in range(n)
         )
-        self.psi = nn.Sequential(nn.Conv2d(c1, c1, 1, bias=False), nn.BatchNorm2d(c1), nn.ReLU6())
+        self.psi = Conv(c1, c1, 1, act=nn.ReLU6())  # pointwise conv + BN + ReLU6; fuse() folds the BN
         self.log_theta = nn.Parameter(torch.tensor(float(theta)).log())
         sobel = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 8
         self.register_buffer("sobel", torch.stack([sobel, sobel.T]).unsqueeze(1), persistent=False)  # (2, 1, 3, 3)

@@ -8,7 +8,7 @@ from torch import nn
 
 from ultralytics.nn.modules import Conv
 
-from .transient import TransientState
+from .transient import AuxLossBlock
 
 __all__ = ("ExpertEnsemble", "FeatureAggregate")
 
@@ -25,7 +25,8 @@ class ExpertEnsemble(nn.Module):
     Args:
         c1: [channels of F_MoE, channels of F_b, text width d].
         c2: output channels.
-        dt: width of the projected text broadcast over the map.
+        dt: width of the projected text broadcast over the map. The paper gives none; the class-mean text is one
+            vector per image, so few channels carry it: 32 is 20% of the 3x3 conv's input at dsmoe-n (F_b: 128).
     """
 
     def __init__(self, c1: list[int], c2: int, dt: int = 32):
@@ -44,7 +45,7 @@ class ExpertEnsemble(nn.Module):
         return spatial + self.cross(torch.cat([fb, text], 1))
 
 
-class FeatureAggregate(TransientState):
+class FeatureAggregate(AuxLossBlock):
     """Stage 10 (eqs. 26-27): ``F_out = Conv1x1(F_e * sigma(W_a F_MoE))`` and the gradient-alignment loss.
 
     ``L_align = mean_{ij} (1 - cos(d s_ij / d F_e,ij , d s_ij / d F_MoE,ij))`` with ``s_ij = sum_o F_out,o,ij``, the
@@ -55,14 +56,15 @@ class FeatureAggregate(TransientState):
         d s / d F_e   = u * sigma(A),                         u_c = sum_o W_o[o, c],   A = W_a F_MoE + b_a
         d s / d F_MoE = W_a^T (u * F_e * sigma(A)(1 - sigma(A)))
 
-    The loss is kept in ``aux_loss`` after each forward (not while tracing).
+    It is the auxiliary loss ``align_loss``, weighted by the model-YAML key ``align_gain``.
 
     Args:
         c1: [channels of F_e, channels of F_MoE] (equal: eq. 27 compares gradients in the two spaces).
         c2: output channels (paper: floor((Ce + Cm) / 2), i.e. the same width).
     """
 
-    TRANSIENT = ("aux_loss",)
+    # The paper gives eq. 27 no weight; 0.05 keeps the term (at most 2) below the detection losses. Not tuned.
+    AUX_LOSSES = {"align_loss": ("align_gain", 0.05)}
 
     def __init__(self, c1: list[int], c2: int):
         super().__init__()
@@ -71,15 +73,17 @@ class FeatureAggregate(TransientState):
             raise ValueError(f"FeatureAggregate: F_e and F_MoE must have equal channels for eq. 27, got {ce} and {cm}")
         self.attend = nn.Conv2d(cm, ce, 1)  # W_a
         self.out = nn.Conv2d(ce, c2, 1)  # the Conv1x1 of eq. 26
-        self.aux_loss = None
+        self.saved = None
 
     def forward(self, x: list[torch.Tensor]) -> torch.Tensor:
         """[F_e (B, ce, H, W), F_MoE (B, cm, H, W)] -> F_out (B, c2, H, W)."""
         fe, fm = x
         gate = torch.sigmoid(self.attend(fm))
-        if not torch.jit.is_tracing():
-            self.aux_loss = self.align_loss(fe, gate)
+        self.remember(fe, gate)
         return self.out(fe * gate)
+
+    def aux_losses(self) -> dict[str, torch.Tensor]:
+        return {"align_loss": self.align_loss(*self.saved)}
 
     def align_loss(self, fe: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         """Eq. 27 in closed form: mean over pixels of 1 - cos(grad wrt F_e, grad wrt F_MoE)."""

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ultralytics.nn.modules import Conv
+
 __all__ = ("HyperbolicAlign", "artanh", "clip_norm", "dist", "expmap0", "logmap", "logmap0", "mobius_add", "project")
 
 MIN_NORM = 1e-6
@@ -111,7 +113,7 @@ class HyperbolicAlign(nn.Module):
             raise ValueError(f"HyperbolicAlign: manifold must be 'poincare' or 'euclidean', got {manifold!r}")
         c, d = c1
         self.nc, self.hyperbolic = nc, manifold == "poincare"
-        self.visual = nn.Sequential(nn.Conv2d(c, n, 1, bias=False), nn.BatchNorm2d(n))  # W_v, unit-scale output
+        self.visual = Conv(c, n, 1, act=False)  # W_v + BN: unit-scale output; fuse() folds the BN
         self.anchor = nn.Linear(d, n)  # W_h of eq. 10
         self.beta = nn.Parameter(torch.tensor(float(beta)))
         self.log_tau = nn.Parameter(torch.zeros(()))  # assignment temperature, init 1

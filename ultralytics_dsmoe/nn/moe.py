@@ -8,9 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .transient import TransientState
+from .transient import AuxLossBlock
 
-__all__ = ("ExpertRouter", "SparseMoE")
+__all__ = ("ExpertRouter", "SparseMoE", "switch_loss")
+
+# Lowest router temperature. Routing logits are cosines in [-1, 1]: at tau = 0.01 their spread is 200, the softmax is
+# already one-hot in fp32 (exp(-200) underflows) and the router's gradient vanishes; the floor keeps it alive.
+TAU_MIN = 0.01
 
 
 def mlp(c_in: int, hidden: int, c_out: int) -> nn.Sequential:
@@ -25,13 +29,16 @@ class ExpertRouter(nn.Module):
         T_i       = q_i + softmax(q_i T_hat^T / sqrt(d)) T_hat      expert i's text: learned query attending over
                                                                     the nc class texts, (B, Ne, d)
         psi(T_i)  = MLP(T_i)                           (B, Ne, d_g)
-        w         = softmax(<phi, psi_i>_cos / tau)    tau learnable, initialised at 0.1 (eq. 20)
+        w         = softmax(<phi, psi_i>_cos / tau)    tau learnable, initialised at 0.1 (eq. 20), floored at TAU_MIN
         top-k     = the k largest w per sample, renormalised to sum to 1
 
     Reading: eq. 20 gives expert i 'its' class text T_i, but there are Ne = 32 experts and only nc (4-6) classes.
     Each expert owns a learned query that attends over the class texts, so every expert key is a function of the
     prompts for any nc (changing the prompts changes routing). Similarities are cosine: with tau = 0.1, raw dot
     products of unnormalised 128-d vectors would saturate the softmax at initialisation.
+
+    The paper gives tau twice: "initialized at 0.1" beside eq. 20, and "tau = 0.07 (calibrated via validation set
+    analysis)" in its implementation details. The equation's initial value is used; tau is learned from there.
 
     Two additions make routing depend on the image. (1) The descriptor is GAP concatenated with global max pooling:
     GAP is dominated by the background every image shares, while GMP keeps the strongest local response (a small
@@ -82,13 +89,13 @@ class ExpertRouter(nn.Module):
         text = self.expert_text(t)
         phi = F.normalize(self.phi(self.descriptor(f)).float(), dim=-1)  # (B, d_g)
         psi = F.normalize(self.psi(text).float(), dim=-1)  # (B, Ne, d_g)
-        logits = torch.einsum("bg,beg->be", phi, psi) / self.log_tau.exp().clamp_min(0.01)
+        logits = torch.einsum("bg,beg->be", phi, psi) / self.log_tau.exp().clamp_min(TAU_MIN)
         probs = logits.softmax(-1)  # eq. 20
         top, idx = probs.topk(self.k, dim=-1)  # (B, k)
         return probs, idx, top / top.sum(-1, keepdim=True), text
 
 
-class SparseMoE(TransientState):
+class SparseMoE(AuxLossBlock):
     """Stage 8 (eqs. 21-24): per sample, only the k routed experts run.
 
         E_1 (local, eq. 22)  = W_1 [sum_{k=3,5} DW_kx1(F_b^a) (+) sum_{k=3,5} DW_1xk(F_b^b)]
@@ -108,9 +115,10 @@ class SparseMoE(TransientState):
     17 / 33 cells (odd, centred, borders excluded), computed separably. 'batch statistics computed per spatial
     position' (eq. 24) is a LayerNorm over channels at each pixel, with per-expert affine parameters.
 
-    A Switch-Transformer load-balancing loss, ``Ne * sum_e f_e P_e`` (f_e: share of the B*k routing slots sent to
-    expert e, P_e: mean router probability), is kept in ``aux_loss`` after each forward (not while tracing). The paper
-    has none; without it sparse routers collapse onto a few experts (``ExpertRouter`` gives measured usage).
+    Auxiliary loss ``moe_loss``: the Switch-Transformer load balance ``Ne * sum_e f_e P_e`` (f_e: share of the B*k
+    routing slots sent to expert e, P_e: mean router probability), weighted by the model-YAML key ``moe_balance``.
+    The paper has none; without it sparse routers collapse onto a few experts (``ExpertRouter`` gives measured usage).
+    ``last_routing`` holds the last forward's (probs, idx), detached, for routing reports.
 
     Args:
         c1: [channels c of F_b, text width d].
@@ -119,7 +127,8 @@ class SparseMoE(TransientState):
         k: experts per sample (paper: floor(log2 Ne) = 5).
     """
 
-    TRANSIENT = ("aux_loss", "last_routing")
+    AUX_LOSSES = {"moe_loss": ("moe_balance", 0.01)}  # Switch Transformer's coefficient (Fedus et al. 2021)
+    TRANSIENT = ("saved", "last_routing")
 
     def __init__(self, c1: list[int], c2: int, ne: int = 32, k: int = 5):
         super().__init__()
@@ -138,7 +147,7 @@ class SparseMoE(TransientState):
         self.ln_bias = nn.Parameter(torch.zeros(ne, c2))
         kind = torch.tensor([0, 1] + [2] * (ne - 2))  # 0 local, 1 global, 2 cross-modal
         self.register_buffer("kind", kind, persistent=False)
-        self.aux_loss = None
+        self.saved = None
         self.last_routing = None  # (probs (B, Ne), idx (B, k)) of the last forward, for routing reports
 
     @staticmethod
@@ -172,10 +181,13 @@ class SparseMoE(TransientState):
         cross = cross[..., None, None]
         y = cross * normed + (1 - cross) * y  # LayerNorm for cross-modal experts only (eq. 24)
         out = torch.einsum("bk,bkohw->bohw", gates.to(f.dtype), y)
+        self.remember(probs, idx)
         if not torch.jit.is_tracing():
             self.last_routing = (probs.detach(), idx.detach())
-            self.aux_loss = self.balance_loss(probs, idx)
         return out
+
+    def aux_losses(self) -> dict[str, torch.Tensor]:
+        return {"moe_loss": self.balance_loss(*self.saved)}
 
     @staticmethod
     def chosen(idx: torch.Tensor):
@@ -188,6 +200,12 @@ class SparseMoE(TransientState):
         return lambda bank: bank.index_select(0, flat).view(*idx.shape, *bank.shape[1:])
 
     def balance_loss(self, probs: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """Switch load balance Ne * sum_e f_e P_e; 1.0 when routing is uniform."""
+        """Switch load balance of one batch: probs (B, Ne), idx (B, k) -> scalar."""
         share = F.one_hot(idx, self.ne).float().sum(1).mean(0) / self.k  # f_e
-        return self.ne * (share * probs.float().mean(0)).sum()
+        return switch_loss(share, probs.float().mean(0))
+
+
+def switch_loss(share: torch.Tensor, mean_prob: torch.Tensor) -> torch.Tensor:
+    """Switch Transformer load balance ``Ne * sum_e f_e P_e``: f_e (Ne,) share of routing slots, P_e (Ne,) mean router
+    probability. 1.0 when routing is uniform."""
+    return share.numel() * (share * mean_prob).sum()

@@ -21,8 +21,9 @@ class ClassText(nn.Module):
     Reading of eq. 1: the LLM width ``d_t`` (1536 for DeepSeek-R1-Distill-Qwen-1.5B) is projected to the model's text
     width ``d`` by a learnable linear map and a LayerNorm (language models differ wildly in embedding scale) before
     the positional encoding ("learnable trigonometric projections": unit-norm sinusoids of the class index through a
-    learnable linear map) is added. At initialisation the encoding is ~1/25 of the text's norm, so the prompts, not
-    the class index, dominate T. The image input is only used for the
+    learnable linear map) is added. At initialisation the encoding's norm is about 1/20 of the text's (LayerNorm gives
+    the text norm sqrt(d) = 16 at d = 256; a unit sinusoid through PyTorch's default Linear init comes out near 0.8;
+    measured 0.048-0.057 over 20 seeds), so the prompts, not the class index, dominate T. The image input is only used for the
     batch size, device and dtype.
 
     Args:

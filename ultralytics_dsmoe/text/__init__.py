@@ -1,6 +1,6 @@
 """Stage 1 text semantics: class prompts -> frozen-encoder embeddings -> the model's ``ClassText`` buffers.
 
-``fill_text(model, names, data_prompts)`` is called by the trainer seam (``register._set_model_attributes``) once the
+``fill_text(model, names, data_prompts)`` is called by the trainer seam (``patches.trainer``) once the
 dataset's class names are known, before the EMA copy, DDP wrapping and the optimizer exist. It resolves one prompt per
 class, loads embeddings from the cache or computes them with the encoder the model yaml names (``text_model``,
 ``text_pooling``), and writes them into every ``ClassText`` together with their provenance (``text_source``: encoder
@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 
 from ultralytics.utils import LOGGER
+
+from ultralytics_dsmoe.util import model_cfg
 
 from .cache import load_cached, save_cached
 from .encoders import DEFAULT_LLM, TextModelUnavailable, load_encoder
@@ -40,7 +42,7 @@ def fill_text(model: torch.nn.Module, names: dict | list, data_prompts=None, roo
     blocks = [m for m in model.modules() if isinstance(m, ClassText)]
     if not blocks:
         return
-    cfg = model.yaml if isinstance(getattr(model, "yaml", None), dict) else {}
+    cfg = model_cfg(model)
     spec, pooling = str(cfg.get("text_model", "auto")), str(cfg.get("text_pooling", "mean"))
     names = [names[i] for i in sorted(names)] if isinstance(names, dict) else list(names)
     prompts = resolve_prompts(names, data_prompts, root)
@@ -62,8 +64,7 @@ def fill_text(model: torch.nn.Module, names: dict | list, data_prompts=None, roo
     with torch_distributed_zero_first(RANK):  # rank 0 embeds and caches first; the other ranks then read the cache
         encoder_id, embeddings = embed_prompts(prompts, spec, pooling)
     source = {"encoder": encoder_id, "prompts": prompts, "names": names}
-    if isinstance(getattr(model, "yaml", None), dict):
-        model.yaml["text_source"] = source  # saved with the checkpoint's yaml
+    model_cfg(model)["text_source"] = source  # saved with the checkpoint's yaml (when the model has one)
     for block in blocks:
         block.set_text(embeddings, source)
         if torch.distributed.is_available() and torch.distributed.is_initialized():

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import yaml
 
+from ultralytics_dsmoe.util import class_phrase
+
 from .encoders import DEFAULT_LLM, load_pretrained
 from .prompts import resolve_prompts
 
@@ -44,7 +46,7 @@ def generate_prompts(names: list[str], source: str = DEFAULT_LLM, surface: str =
     tokenizer, model = load_pretrained(source, AutoModelForCausalLM)
     out = {}
     for name in names:
-        question = QUESTION.format(name=name.replace("_", " "), surface=surface)
+        question = QUESTION.format(name=class_phrase(name), surface=surface)
         if tokenizer.chat_template:
             text = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
                                                  add_generation_prompt=True)

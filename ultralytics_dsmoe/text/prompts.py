@@ -6,15 +6,16 @@ from pathlib import Path
 
 import yaml
 
+from ultralytics_dsmoe.meta import CFG_DIR
+from ultralytics_dsmoe.util import class_key, class_phrase
+
 TEMPLATE = "a photo of a {name} defect on an industrial surface"
 
 
 def prompt_bank(file: Path | None = None) -> dict[str, str]:
-    """The shipped class -> prompt mapping, keys lower-cased."""
-    from ultralytics_dsmoe.register import CFG_DIR
-
+    """The shipped class -> prompt mapping, keys normalised by ``class_key``."""
     bank = yaml.safe_load((file or CFG_DIR / "prompts.yaml").read_text()) or {}
-    return {str(k).lower(): str(v) for k, v in bank.items()}
+    return {class_key(k): str(v) for k, v in bank.items()}
 
 
 def resolve_prompts(names: dict | list, data_prompts: dict | list | str | None = None, root: Path | None = None) -> list[str]:
@@ -44,6 +45,6 @@ def resolve_prompts(names: dict | list, data_prompts: dict | list | str | None =
     for i, name in enumerate(names):
         prompt = given.get(name, given.get(i, given.get(str(i))))
         if prompt is None:
-            prompt = bank.get(str(name).lower(), TEMPLATE.format(name=str(name).replace("_", " ")))
+            prompt = bank.get(class_key(name), TEMPLATE.format(name=class_phrase(name)))
         prompts.append(str(prompt))
     return prompts

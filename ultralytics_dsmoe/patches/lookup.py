@@ -1,0 +1,51 @@
+"""Config lookup: bare ``dsmoe*.yaml`` and shipped dataset names resolve from any directory (a local file of the same
+name wins), and ``dsmoe-n.yaml``-style names select their scale."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from ultralytics.nn import tasks
+from ultralytics.utils import checks
+
+from ultralytics_dsmoe.meta import CFG_DIR, DATA_DIR
+
+from ultralytics_dsmoe.guard import patch_function
+
+
+def shipped_file(file: str) -> Path | None:
+    """A bare YAML name shipped with the plugin: ``dsmoe-s.yaml`` -> ``cfg/dsmoe.yaml``, data names -> datasets/."""
+    if not isinstance(file, (str, Path)) or os.path.dirname(str(file)) or not str(file).endswith((".yaml", ".yml")):
+        return None
+    name = str(file)
+    for folder in (CFG_DIR, DATA_DIR):
+        for candidate in (name, re.sub(r"-[nsmlx](\.ya?ml)$", r"\1", name)):  # scale suffix -> unified config
+            if (folder / candidate).is_file():
+                return folder / candidate
+    return None
+
+
+def _check_file(original):
+    def check_file(file, *args, **kwargs):
+        if isinstance(file, (str, Path)) and not os.path.exists(str(file)):
+            found = shipped_file(file)
+            if found is not None:
+                return str(found)
+        return original(file, *args, **kwargs)
+
+    return check_file
+
+
+def _guess_model_scale(original):
+    def guess_model_scale(model_path):
+        match = re.fullmatch(r"dsmoe[\w-]*?-([nsmlx])", Path(str(model_path)).stem)
+        return match.group(1) if match else original(model_path)
+
+    return guess_model_scale
+
+
+def install() -> None:
+    patch_function(checks, "check_file", _check_file, ("file",))
+    patch_function(tasks, "guess_model_scale", _guess_model_scale, ("model_path",))

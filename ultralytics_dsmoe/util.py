@@ -1,0 +1,19 @@
+"""Two small helpers used across the package: class-name normalisation and model-yaml access."""
+
+from __future__ import annotations
+
+
+def class_key(name) -> str:
+    """The form class names are matched in (prompt banks, data-yaml ``prompts:``, dataset labels): trimmed, lower case."""
+    return str(name).strip().lower()
+
+
+def class_phrase(name) -> str:
+    """A class name as words for a prompt or a question: ``pitted_surface`` -> ``pitted surface``."""
+    return str(name).strip().replace("_", " ")
+
+
+def model_cfg(model) -> dict:
+    """The model-yaml dict of a model (``{}`` for models built without one, e.g. from a checkpoint of another kind)."""
+    cfg = getattr(model, "yaml", None)
+    return cfg if isinstance(cfg, dict) else {}
