@@ -30,3 +30,11 @@ def test_wheel_contents(tmp_path):
     assert {"ultralytics_dsmoe.pth", "ultralytics_dsmoe_hook.py", "ultralytics_dsmoe/patches/parser.py"} <= names
     pth = zipfile.ZipFile(wheel).read("ultralytics_dsmoe.pth").decode()
     assert pth.strip() == "import ultralytics_dsmoe_hook; ultralytics_dsmoe_hook.autoload()"
+
+
+def test_setup_fails_loudly_without_the_private_editable_hook(tmp_path):
+    """setup.py relies on setuptools' private editable_wheel._install_namespaces: without it, a clear build error."""
+    code = ("import sys, setuptools.command.editable_wheel as e; del e.editable_wheel._install_namespaces; "
+            f"sys.argv = ['setup.py', '--version']; import runpy; runpy.run_path({str(REPO / 'setup.py')!r})")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "no editable_wheel._install_namespaces" in r.stderr, r.stderr[-2000:]
