@@ -61,6 +61,12 @@ class RoutedMoE(nn.Module):
         return self.moe([f, t]), idx, gates
 
 
+def biased(moe: SparseMoE) -> SparseMoE:
+    """A selection bias large enough to change which experts are chosen (probs are ~1/8 each)."""
+    moe.router.select_bias.copy_(torch.linspace(-0.1, 0.1, moe.ne))
+    return moe
+
+
 def randomize_norms(model: nn.Module, scale: float = 1.0) -> nn.Module:
     """Non-trivial BatchNorm statistics and affine parameters (output scale ~``scale``): eval-mode BN is exercised."""
     for m in model.modules():
@@ -126,6 +132,12 @@ CASES = {
     ),
     "SparseMoE": (
         lambda: RoutedMoE(SparseMoE([C, D], C, ne=8, k=3)),
+        [fmap(C), text],
+        ["f", "t"],
+        ["y", "idx", "gates"],
+    ),
+    "SparseMoE-bias": (  # loss-free balancing: the selection bias must select in ONNX Runtime as in PyTorch
+        lambda: RoutedMoE(biased(SparseMoE([C, D], C, ne=8, k=3, balance="bias"))),
         [fmap(C), text],
         ["f", "t"],
         ["y", "idx", "gates"],
@@ -226,7 +238,7 @@ def test_block_export_matches_on_new_shape(case):
     diffs = max_diffs(output_names, expected, got)
     print(f"{case}: max abs diff {diffs}")
     assert max(diffs.values()) <= TOL, f"{case}: ONNX differs from PyTorch on (B, H, W) = {check_shape}: {diffs}"
-    if case == "SparseMoE":  # routing is per sample: the two checked samples must not share one expert set
+    if case.startswith("SparseMoE"):  # routing is per sample: the two checked samples must not share one expert set
         idx = expected[1].sort(-1).values
         assert not torch.equal(idx[0], idx[1]), "degenerate check: both samples routed to the same experts"
 

@@ -91,5 +91,23 @@ def test_aux_losses_are_gain_weighted_and_train_their_blocks():
     torch.testing.assert_close(items[0.02]["align_loss"], 2 * items[0.01]["align_loss"])
     assert items[0.01]["moe_loss"] >= 0.01 * 0.999  # Switch balance loss is >= 1 before its gain
     model.zero_grad()
-    loss[3].backward()  # the balance term alone reaches the router
-    assert model.model[11].router.log_tau.grad.abs() > 0
+    loss[3].backward()  # the balance term alone reaches the router's routing scores, but not its temperature
+    router = model.model[11].router
+    assert router.queries.grad.abs().sum() > 0 and router.phi[0].weight.grad.abs().sum() > 0
+    assert router.log_tau.grad is None or router.log_tau.grad.abs().sum() == 0  # flattening P cannot pay it
+
+
+def test_router_z_loss_is_off_by_default_and_a_gain_turns_it_on():
+    batch = {"img": torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)), "batch_idx": torch.tensor([0.0]),
+             "cls": torch.tensor([[1.0]]), "bboxes": torch.tensor([[0.5, 0.5, 0.4, 0.3]])}
+    torch.manual_seed(0)
+    _, items = _model().loss(batch)
+    assert "moe_zloss" not in items  # gain 0: not computed, no results.csv column
+    torch.manual_seed(0)
+    model = _model(moe_zloss=1e-3)
+    loss, items = model.loss(batch)
+    assert loss.shape == (6,) and "moe_zloss" in items
+    moe = model.model[11]
+    cos, _ = moe.saved
+    z = torch.logsumexp(cos / moe.router.log_tau.exp(), -1).pow(2).mean()  # ST-MoE: mean(logsumexp(logits)^2)
+    torch.testing.assert_close(items["moe_zloss"], 1e-3 * z.detach())

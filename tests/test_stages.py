@@ -153,6 +153,61 @@ def test_balance_loss_is_one_when_uniform_and_grows_when_collapsed():
     assert moe.balance_loss(collapsed, torch.zeros(4, 1, dtype=torch.long)).item() == pytest.approx(4 * 0.97)
 
 
+def test_collapsed_routing_costs_more_than_balanced_routing_at_every_temperature():
+    """The balance term is computed at the router's fixed initial temperature: raising the learned tau (flatter
+    probabilities, same routing) cannot lower it, and collapsed routing always costs more than balanced routing."""
+    torch.manual_seed(0)
+    moe = SparseMoE([16, 8], 16, ne=8, k=1)
+    cos = torch.rand(64, 8) * 0.2
+    collapsed_cos = cos.clone()
+    collapsed_cos[:, 3] = 0.9  # every image's best expert is 3
+    balanced_cos = cos.clone()
+    balanced_cos[torch.arange(64), torch.arange(64) % 8] = 0.9  # each expert is best for 8 images
+    costs = {}
+    for tau in (0.03, 0.1, 1.0, 10.0):
+        moe.router.log_tau.data.fill_(math.log(tau))
+        for name, c in (("collapsed", collapsed_cos), ("balanced", balanced_cos)):
+            moe.saved = (c, c.topk(1, -1).indices)
+            costs[name, tau] = moe.aux_losses()["moe_loss"].item()
+    for tau in (0.03, 1.0, 10.0):  # the learned temperature does not enter the term
+        assert costs["collapsed", tau] == costs["collapsed", 0.1] and costs["balanced", tau] == costs["balanced", 0.1]
+    assert costs["collapsed", 0.1] > 5 * costs["balanced", 0.1]
+
+
+def test_loss_free_bias_spreads_collapsed_routing():
+    """DeepSeek-V3 bias balancing: images that all prefer experts 0-1 by a margin, but differ among themselves, spread
+    over every expert once overloaded experts' selection bias has fallen and underloaded ones' has risen."""
+    torch.manual_seed(0)
+    router = SparseMoE([16, 8], 16, ne=8, k=2, balance="bias").router
+    logits = torch.randn(64, 8)
+    logits[:, :2] += 3  # experts 0-1 ahead for every image
+    probs = logits.softmax(-1)
+    share = lambda idx: torch.nn.functional.one_hot(idx, 8).sum((0, 1)).float() / idx.numel()  # noqa: E731
+    assert share(router.select(probs))[:2].sum() > 0.75  # collapsed before balancing
+    for _ in range(300):
+        router.update_bias(router.select(probs))
+    after = share(router.select(probs))
+    assert (after > 0).all() and after.max() <= 0.2, after  # every expert in use, none above 20% (uniform: 12.5%)
+
+
+def test_selection_bias_is_updated_by_training_forwards_only_and_never_weights_outputs():
+    torch.manual_seed(0)
+    router = SparseMoE([16, 8], 16, ne=8, k=2, balance="bias").router
+    f, t = torch.randn(8, 16, 4, 4), torch.randn(8, 3, 8)
+    router.eval()(f, t)
+    assert router.select_bias.abs().max() == 0  # evaluation leaves it alone
+    router.train()(f, t)
+    assert router.select_bias.abs().max() == router.bias_rate  # one step: +-bias_rate (or 0 at the mean load)
+    router.select_bias.copy_(torch.linspace(-0.2, 0.2, 8))
+    probs, idx, gates, _ = router(f, t)
+    chosen = probs.gather(1, idx)
+    torch.testing.assert_close(gates, chosen / chosen.sum(-1, keepdim=True))  # gates: the router's own probabilities
+    assert not router.select_bias.requires_grad
+    switch = SparseMoE([16, 8], 16, ne=8, k=2).router.train()
+    switch(f, t)
+    assert switch.select_bias.abs().max() == 0  # 'switch' balancing never moves it
+
+
 # ------------------------------------------------------------------------------------------------ sparse routing
 
 

@@ -81,7 +81,8 @@ class AuxLosses:
             if isinstance(m, AuxLossBlock):
                 for column, (key, default) in m.AUX_LOSSES.items():
                     found.setdefault(column, (float(cfg.get(key, default)), []))[1].append(m)
-        self.terms = [(column, gain, modules) for column, (gain, modules) in found.items()]  # (column, gain, blocks)
+        # (column, gain, blocks); a term whose gain is 0 is off: not computed, no column
+        self.terms = [(column, gain, modules) for column, (gain, modules) in found.items() if gain != 0]
 
     def __getattr__(self, name):
         if name == "criterion":  # not yet set (e.g. during unpickling): no recursion

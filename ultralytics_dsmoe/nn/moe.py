@@ -8,13 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .transient import AuxLossBlock
+from .transient import AuxLossBlock, TransientState
 
 __all__ = ("ExpertRouter", "SparseMoE", "switch_loss")
 
 # Lowest router temperature. Routing logits are cosines in [-1, 1]: at tau = 0.01 their spread is 200, the softmax is
 # already one-hot in fp32 (exp(-200) underflows) and the router's gradient vanishes; the floor keeps it alive.
 TAU_MIN = 0.01
+BALANCE = ("switch", "bias")  # load-balancing schemes, see SparseMoE
 
 
 def mlp(c_in: int, hidden: int, c_out: int) -> nn.Sequential:
@@ -22,7 +23,7 @@ def mlp(c_in: int, hidden: int, c_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(c_in, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, c_out))
 
 
-class ExpertRouter(nn.Module):
+class ExpertRouter(TransientState):
     """Stage 7 (eq. 20): ``w_i = softmax_i(<phi(F_b), psi(T_i)> / tau)`` over Ne experts, then top-k.
 
         phi(F_b)  = MLP(BN(GAP(F_b) (+) GMP(F_b)))     (B, d_g); GAP(W F) = W GAP(F), so pooling comes first
@@ -30,7 +31,8 @@ class ExpertRouter(nn.Module):
                                                                     the nc class texts, (B, Ne, d)
         psi(T_i)  = MLP(T_i)                           (B, Ne, d_g)
         w         = softmax(<phi, psi_i>_cos / tau)    tau learnable, initialised at 0.1 (eq. 20), floored at TAU_MIN
-        top-k     = the k largest w per sample, renormalised to sum to 1
+        top-k     = the k largest w + b per sample; gates: their w, renormalised to sum to 1
+        b         = per-expert selection bias (``balance='bias'``, below); 0 otherwise
 
     Reading: eq. 20 gives expert i 'its' class text T_i, but there are Ne = 32 experts and only nc (4-6) classes.
     Each expert owns a learned query that attends over the class texts, so every expert key is a function of the
@@ -50,20 +52,35 @@ class ExpertRouter(nn.Module):
     routing varies little; on augmented training batches (6 epochs) 17 experts were used with the balance loss
     and 11 without.
 
+    Loss-free balancing (``balance='bias'``, DeepSeek-V3): the bias b only changes which experts are selected, never the
+    gates, and after each training forward it moves by ``bias_rate * sign(mean load - load_e)`` outside autograd (loads
+    summed over ranks under DDP), so overloaded experts become less likely to be chosen without a loss term the router
+    could satisfy some other way. ``cos`` keeps the last forward's cosines (B, Ne) for the balance terms.
+
     Args:
         c: visual channels of F_b.
         d: text width.
         ne: number of experts.
         k: experts kept per sample.
         dg: routing width.
-        tau: initial temperature.
+        tau: initial temperature; also the fixed temperature of the balance term (``tau0``).
+        balance: 'switch' (Switch load-balancing loss) or 'bias' (loss-free bias balancing).
+        bias_rate: step of the selection bias per training forward (DeepSeek-V3's gamma, 1e-3, on scores in [0, 1]).
     """
 
-    def __init__(self, c: int, d: int, ne: int = 32, k: int = 5, dg: int = 128, tau: float = 0.1):
+    TRANSIENT = ("cos",)
+    balance, tau0, bias_rate = "switch", 0.1, 1e-3  # class defaults: routers pickled by plugin 0.1.0 lack them
+
+    def __init__(self, c: int, d: int, ne: int = 32, k: int = 5, dg: int = 128, tau: float = 0.1,
+                 balance: str = "switch", bias_rate: float = 1e-3):
         super().__init__()
         if not 1 <= k <= ne:
             raise ValueError(f"ExpertRouter: top-k must be in [1, {ne}], got {k}")
-        self.ne, self.k = ne, k
+        if balance not in BALANCE:
+            raise ValueError(f"ExpertRouter: balance must be one of {BALANCE}, got {balance!r}")
+        self.ne, self.k, self.balance, self.tau0, self.bias_rate = ne, k, balance, float(tau), float(bias_rate)
+        self.register_buffer("select_bias", torch.zeros(ne))  # b: stays 0 unless balance == 'bias'
+        self.cos = None
         self.norm = nn.BatchNorm1d(2 * c, affine=False)
         self.phi = mlp(2 * c, 128, dg)
         self.psi = mlp(d, 128, dg)
@@ -89,10 +106,31 @@ class ExpertRouter(nn.Module):
         text = self.expert_text(t)
         phi = F.normalize(self.phi(self.descriptor(f)).float(), dim=-1)  # (B, d_g)
         psi = F.normalize(self.psi(text).float(), dim=-1)  # (B, Ne, d_g)
-        logits = torch.einsum("bg,beg->be", phi, psi) / self.log_tau.exp().clamp_min(TAU_MIN)
-        probs = logits.softmax(-1)  # eq. 20
-        top, idx = probs.topk(self.k, dim=-1)  # (B, k)
+        cos = torch.einsum("bg,beg->be", phi, psi)  # (B, Ne) in [-1, 1]
+        probs = (cos / self.log_tau.exp().clamp_min(TAU_MIN)).softmax(-1)  # eq. 20
+        idx = self.select(probs)
+        top = probs.gather(1, idx)
+        if not torch.jit.is_tracing():
+            self.cos = cos
+            if self.training and self.balance == "bias":
+                self.update_bias(idx)
         return probs, idx, top / top.sum(-1, keepdim=True), text
+
+    def select(self, probs: torch.Tensor) -> torch.Tensor:
+        """(B, Ne) probabilities -> (B, k) chosen experts: the k largest w + b (the bias only selects)."""
+        return (probs + self.select_bias).topk(self.k, dim=-1).indices
+
+    @torch.no_grad()
+    def update_bias(self, idx: torch.Tensor) -> None:
+        """b_e += bias_rate * sign(mean load - load_e), with the routing slots of this batch (all ranks)."""
+        load = F.one_hot(idx, self.ne).sum((0, 1)).float()  # (Ne,) routing slots per expert
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(load)  # every rank applies the same update: biases stay identical
+        self.select_bias += self.bias_rate * torch.sign(load.mean() - load)
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._buffers.setdefault("select_bias", torch.zeros(self.ne))  # routers pickled by plugin 0.1.0
 
 
 class SparseMoE(AuxLossBlock):
@@ -115,9 +153,14 @@ class SparseMoE(AuxLossBlock):
     17 / 33 cells (odd, centred, borders excluded), computed separably. 'batch statistics computed per spatial
     position' (eq. 24) is a LayerNorm over channels at each pixel, with per-expert affine parameters.
 
-    Auxiliary loss ``moe_loss``: the Switch-Transformer load balance ``Ne * sum_e f_e P_e`` (f_e: share of the B*k
-    routing slots sent to expert e, P_e: mean router probability), weighted by the model-YAML key ``moe_balance``.
-    The paper has none; without it sparse routers collapse onto a few experts (``ExpertRouter`` gives measured usage).
+    Load balancing (the paper has none; without it sparse routers collapse onto a few experts):
+    - ``balance='switch'``: auxiliary loss ``moe_loss`` (gain: model-YAML key ``moe_balance``), the Switch-Transformer
+      balance ``Ne * sum_e f_e P_e`` (f_e: share of the B*k routing slots sent to expert e; P_e: mean router
+      probability). P is computed at the router's fixed initial temperature ``tau0``, not its learned tau: with the
+      learned one, the router could satisfy the loss (value 1) by raising tau until P is uniform while routing stays
+      collapsed. At a fixed temperature the term does not depend on tau at all.
+    - ``balance='bias'``: loss-free bias balancing (``ExpertRouter``); ``moe_loss`` is still reported, detached.
+    - optional router z-loss ``moe_zloss = mean(logsumexp(logits)^2)`` (ST-MoE), gain ``moe_zloss`` (default 0: off).
     ``last_routing`` holds the last forward's (probs, idx), detached, for routing reports.
 
     Args:
@@ -125,18 +168,20 @@ class SparseMoE(AuxLossBlock):
         c2: output channels.
         ne: number of experts (2 task + ne - 2 cross-modal).
         k: experts per sample (paper: floor(log2 Ne) = 5).
+        balance: load-balancing scheme, 'switch' or 'bias' (see above).
     """
 
-    AUX_LOSSES = {"moe_loss": ("moe_balance", 0.01)}  # Switch Transformer's coefficient (Fedus et al. 2021)
+    # Switch Transformer's balance coefficient (Fedus et al. 2021); ST-MoE's z-loss coefficient is 1e-3 (off by default)
+    AUX_LOSSES = {"moe_loss": ("moe_balance", 0.01), "moe_zloss": ("moe_zloss", 0.0)}
     TRANSIENT = ("saved", "last_routing")
 
-    def __init__(self, c1: list[int], c2: int, ne: int = 32, k: int = 5):
+    def __init__(self, c1: list[int], c2: int, ne: int = 32, k: int = 5, balance: str = "switch"):
         super().__init__()
         c, d = c1
         if ne < 3:
             raise ValueError(f"SparseMoE needs the 2 task experts and at least one cross-modal expert, got ne={ne}")
         self.ne, self.k, self.half = ne, k, c // 2
-        self.router = ExpertRouter(c, d, ne, k)
+        self.router = ExpertRouter(c, d, ne, k, balance=balance)
         a, b = self.half, c - self.half
         self.local_h = nn.ModuleList(nn.Conv2d(a, a, (s, 1), padding=(s // 2, 0), groups=a, bias=False) for s in (3, 5))
         self.local_v = nn.ModuleList(nn.Conv2d(b, b, (1, s), padding=(0, s // 2), groups=b, bias=False) for s in (3, 5))
@@ -181,13 +226,18 @@ class SparseMoE(AuxLossBlock):
         cross = cross[..., None, None]
         y = cross * normed + (1 - cross) * y  # LayerNorm for cross-modal experts only (eq. 24)
         out = torch.einsum("bk,bkohw->bohw", gates.to(f.dtype), y)
-        self.remember(probs, idx)
+        self.remember(self.router.cos, idx)
         if not torch.jit.is_tracing():
             self.last_routing = (probs.detach(), idx.detach())
         return out
 
     def aux_losses(self) -> dict[str, torch.Tensor]:
-        return {"moe_loss": self.balance_loss(*self.saved)}
+        cos, idx = self.saved  # (B, Ne) cosines, (B, k) chosen experts
+        r = self.router
+        balance = self.balance_loss((cos.float() / r.tau0).softmax(-1), idx)  # fixed temperature: see above
+        logits = cos.float() / r.log_tau.exp().clamp_min(TAU_MIN)
+        return {"moe_loss": balance.detach() if r.balance == "bias" else balance,
+                "moe_zloss": torch.logsumexp(logits, -1).pow(2).mean()}
 
     @staticmethod
     def chosen(idx: torch.Tensor):
