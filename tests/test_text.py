@@ -277,3 +277,18 @@ def test_dataset_with_another_class_count_rebuilds_and_embeds_its_own_classes(ti
     assert class_text(three).embeddings.shape[0] == 3 and class_text(three).text_source["names"][2] == "burr"
     with pytest.raises(ValueError, match="4 classes but the data has 3"):
         text.fill_text(model, ["pinhole", "scratch", "burr"])  # a model that was not rebuilt is refused
+
+
+def test_prompt_keys_match_like_labels_and_unknown_keys_name_the_closest_class():
+    names = ["zhen_kong", "ca_shang", "zang_wu"]
+    got = resolve_prompts(names, {" Ca_Shang ": "a scratch", 2: "a stain", "0": "a pinhole"})
+    assert got == ["a pinhole", "a scratch", "a stain"]  # trimmed, any case, or an index (int or digits)
+    with pytest.raises(ValueError, match=r"'ca_shnag' matches no class .* closest class is 'ca_shang'"):
+        resolve_prompts(names, {"ca_shnag": "a scratch"})  # misspelt: an error, not a silent template prompt
+    with pytest.raises(ValueError, match="not a class index"):
+        resolve_prompts(names, {7: "out of range"})
+
+
+def test_empty_class_names_are_an_error():
+    with pytest.raises(ValueError, match="Class 1 of .* has an empty name"):
+        resolve_prompts(["scratch", "  "])

@@ -47,11 +47,11 @@ STAGES = cost_rows()
 
 
 def set_experts(d: dict, ne: int | None = None, topk: int | None = None) -> dict:
-    """Replace Ne and/or top-k in the SparseMoE rows (``[width, Ne, k]``) of a model-yaml dict, in place."""
+    """Replace Ne and/or top-k in the SparseMoE rows (``[width, Ne, k, ...]``) of a model-yaml dict, in place."""
     for row in d["backbone"] + d["head"]:
         if row[2] == "SparseMoE":
-            width, row_ne, row_k = row[3]
-            row[3] = [width, row_ne if ne is None else ne, row_k if topk is None else topk]
+            width, row_ne, row_k, *rest = row[3]  # rest: the balancing scheme, when given
+            row[3] = [width, row_ne if ne is None else ne, row_k if topk is None else topk, *rest]
     return d
 
 

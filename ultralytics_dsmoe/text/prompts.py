@@ -39,12 +39,37 @@ def resolve_prompts(names: dict | list, data_prompts: dict | list | str | None =
         if len(data_prompts) != len(names):
             raise ValueError(f"The data yaml lists {len(data_prompts)} prompts for {len(names)} classes {names}.")
         data_prompts = dict(enumerate(data_prompts))
-    given = data_prompts or {}
+    empty = [i for i, name in enumerate(names) if not class_key(name)]
+    if empty:
+        raise ValueError(f"Class {empty[0]} of {names} has an empty name: every class needs a name (its prompt's subject).")
+    given = by_class(data_prompts or {}, names)
     bank = prompt_bank()
     prompts = []
     for i, name in enumerate(names):
-        prompt = given.get(name, given.get(i, given.get(str(i))))
+        prompt = given.get(i)
         if prompt is None:
             prompt = bank.get(class_key(name), TEMPLATE.format(name=class_phrase(name)))
         prompts.append(str(prompt))
     return prompts
+
+
+def by_class(prompts: dict, names: list) -> dict[int, str]:
+    """A data yaml's ``prompts:`` mapping keyed by class index. Keys are indices or class names (matched like dataset
+    labels: trimmed, any case); a key that is neither is an error naming the closest class, never silently unused."""
+    index = {class_key(name): i for i, name in enumerate(names)}
+    out = {}
+    for key, prompt in prompts.items():
+        if not isinstance(key, int) and class_key(key) in index:  # a name first: a class may be called '12'
+            i = index[class_key(key)]
+        elif isinstance(key, int) or str(key).strip().isdecimal():
+            i = int(key)
+            if not 0 <= i < len(names):
+                raise ValueError(f"prompts: key {key!r} is not a class index (0-{len(names) - 1}) of {names}.")
+        else:
+            import difflib
+
+            close = difflib.get_close_matches(class_key(key), list(index), n=1, cutoff=0)
+            raise ValueError(f"prompts: key {key!r} matches no class of {names}; the closest class is "
+                             f"{names[index[close[0]]]!r}. Keys are class names (any case) or class indices.")
+        out[i] = prompt
+    return out
