@@ -14,7 +14,6 @@ from ultralytics_dsmoe.nn import (
     AnisotropicDSConv,
     ClassText,
     DSCBAM,
-    ExpertEnsemble,
     FeatureAggregate,
     HyperbolicAlign,
     HybridEncoder,
@@ -23,6 +22,7 @@ from ultralytics_dsmoe.nn import (
     SpaceBroadcast,
     SparseMoE,
 )
+from ultralytics_dsmoe.nn.moe import update_selection_biases
 
 STAGED = [name for name, b in BLOCKS.items() if b.stages and b.rule is not None]  # YAML blocks that implement stages
 
@@ -185,7 +185,8 @@ def test_loss_free_bias_spreads_collapsed_routing():
     share = lambda idx: torch.nn.functional.one_hot(idx, 8).sum((0, 1)).float() / idx.numel()  # noqa: E731
     assert share(router.select(probs))[:2].sum() > 0.75  # collapsed before balancing
     for _ in range(300):
-        router.update_bias(router.select(probs))
+        router.count_load(router.select(probs))
+        router.update_bias()
     after = share(router.select(probs))
     assert (after > 0).all() and after.max() <= 0.2, after  # every expert in use, none above 20% (uniform: 12.5%)
 
@@ -195,9 +196,13 @@ def test_selection_bias_is_updated_by_training_forwards_only_and_never_weights_o
     router = SparseMoE([16, 8], 16, ne=8, k=2, balance="bias").router
     f, t = torch.randn(8, 16, 4, 4), torch.randn(8, 3, 8)
     router.eval()(f, t)
-    assert router.select_bias.abs().max() == 0  # evaluation leaves it alone
+    update_selection_biases(router)
+    assert router.select_bias.abs().max() == 0  # evaluation counts no load
     router.train()(f, t)
+    assert router.select_bias.abs().max() == 0  # a forward only counts; the bias moves after the optimiser step
+    update_selection_biases(router)
     assert router.select_bias.abs().max() == router.bias_rate  # one step: +-bias_rate (or 0 at the mean load)
+    assert router.load is None  # the counted load was used up
     router.select_bias.copy_(torch.linspace(-0.2, 0.2, 8))
     probs, idx, gates, _ = router(f, t)
     chosen = probs.gather(1, idx)
@@ -205,6 +210,7 @@ def test_selection_bias_is_updated_by_training_forwards_only_and_never_weights_o
     assert not router.select_bias.requires_grad
     switch = SparseMoE([16, 8], 16, ne=8, k=2).router.train()
     switch(f, t)
+    update_selection_biases(switch)
     assert switch.select_bias.abs().max() == 0  # 'switch' balancing never moves it
 
 

@@ -26,7 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ultralytics.nn.tasks import DetectionModel, yaml_model_load
 
 from ultralytics_dsmoe.benchmark import REFERENCES  # the YOLO models dsmoe-n is judged against
-from ultralytics_dsmoe.nn import BLOCKS
+from ultralytics_dsmoe.nn import BLOCKS, SparseMoE
 
 TOPK = (1, 2, 4, 5, 8, 16, 32)
 YOLO = ("yolov8n", "yolov8s", "yolov8m", "yolo11s", "yolo26s")

@@ -10,7 +10,7 @@ from torch import nn
 
 from .transient import AuxLossBlock, TransientState
 
-__all__ = ("ExpertRouter", "SparseMoE", "switch_loss")
+__all__ = ("ExpertRouter", "SparseMoE", "switch_loss", "update_selection_biases")
 
 # Lowest router temperature. Routing logits are cosines in [-1, 1]: at tau = 0.01 their spread is 200, the softmax is
 # already one-hot in fp32 (exp(-200) underflows) and the router's gradient vanishes; the floor keeps it alive.
@@ -53,9 +53,12 @@ class ExpertRouter(TransientState):
     and 11 without.
 
     Loss-free balancing (``balance='bias'``, DeepSeek-V3): the bias b only changes which experts are selected, never the
-    gates, and after each training forward it moves by ``bias_rate * sign(mean load - load_e)`` outside autograd (loads
-    summed over ranks under DDP), so overloaded experts become less likely to be chosen without a loss term the router
-    could satisfy some other way. ``cos`` keeps the last forward's cosines (B, Ne) for the balance terms.
+    gates. Training forwards count each expert's routing slots (``load``); after each optimiser step ``update_bias``
+    moves b by ``bias_rate * sign(mean load - load_e)`` outside autograd, with the loads summed over DDP ranks, so
+    overloaded experts become less likely to be chosen without a loss term the router could satisfy some other way.
+    The Ultralytics trainer calls it after every batch (``patches.trainer``); a custom loop calls
+    ``update_selection_biases(model)`` after its optimiser step. ``cos`` keeps the last forward's cosines (B, Ne) for
+    the balance terms.
 
     Args:
         c: visual channels of F_b.
@@ -68,7 +71,7 @@ class ExpertRouter(TransientState):
         bias_rate: step of the selection bias per training forward (DeepSeek-V3's gamma, 1e-3, on scores in [0, 1]).
     """
 
-    TRANSIENT = ("cos",)
+    TRANSIENT = ("cos", "load")
     balance, tau0, bias_rate = "switch", 0.1, 1e-3  # class defaults: routers pickled by plugin 0.1.0 lack them
 
     def __init__(self, c: int, d: int, ne: int = 32, k: int = 5, dg: int = 128, tau: float = 0.1,
@@ -80,7 +83,7 @@ class ExpertRouter(TransientState):
             raise ValueError(f"ExpertRouter: balance must be one of {BALANCE}, got {balance!r}")
         self.ne, self.k, self.balance, self.tau0, self.bias_rate = ne, k, balance, float(tau), float(bias_rate)
         self.register_buffer("select_bias", torch.zeros(ne))  # b: stays 0 unless balance == 'bias'
-        self.cos = None
+        self.cos = self.load = None
         self.norm = nn.BatchNorm1d(2 * c, affine=False)
         self.phi = mlp(2 * c, 128, dg)
         self.psi = mlp(d, 128, dg)
@@ -113,7 +116,7 @@ class ExpertRouter(TransientState):
         if not torch.jit.is_tracing():
             self.cos = cos
             if self.training and self.balance == "bias":
-                self.update_bias(idx)
+                self.count_load(idx)
         return probs, idx, top / top.sum(-1, keepdim=True), text
 
     def select(self, probs: torch.Tensor) -> torch.Tensor:
@@ -121,12 +124,22 @@ class ExpertRouter(TransientState):
         return (probs + self.select_bias).topk(self.k, dim=-1).indices
 
     @torch.no_grad()
-    def update_bias(self, idx: torch.Tensor) -> None:
-        """b_e += bias_rate * sign(mean load - load_e), with the routing slots of this batch (all ranks)."""
-        load = F.one_hot(idx, self.ne).sum((0, 1)).float()  # (Ne,) routing slots per expert
+    def count_load(self, idx: torch.Tensor) -> None:
+        """Add the routing slots of (B, k) choices to ``load`` (Ne,), until the next ``update_bias``."""
+        load = F.one_hot(idx, self.ne).sum((0, 1)).float()
+        self.load = load if self.load is None else self.load + load
+
+    @torch.no_grad()
+    def update_bias(self) -> None:
+        """b_e += bias_rate * sign(mean load - load_e) with the loads counted since the last call, summed over ranks.
+
+        Under DDP every rank must call it at the same step (it is a collective), as the trainer's batch callback does."""
+        load = self.select_bias.new_zeros(self.ne) if self.load is None else self.load
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(load)  # every rank applies the same update: biases stay identical
-        self.select_bias += self.bias_rate * torch.sign(load.mean() - load)
+        if load.sum() > 0:
+            self.select_bias += self.bias_rate * torch.sign(load.mean() - load)
+        self.load = None
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -253,6 +266,13 @@ class SparseMoE(AuxLossBlock):
         """Switch load balance of one batch: probs (B, Ne), idx (B, k) -> scalar."""
         share = F.one_hot(idx, self.ne).float().sum(1).mean(0) / self.k  # f_e
         return switch_loss(share, probs.float().mean(0))
+
+
+def update_selection_biases(model: nn.Module) -> None:
+    """After an optimiser step: move the selection bias of every loss-free-balanced router in ``model``."""
+    for m in model.modules():
+        if isinstance(m, ExpertRouter) and m.balance == "bias":
+            m.update_bias()
 
 
 def switch_loss(share: torch.Tensor, mean_prob: torch.Tensor) -> torch.Tensor:

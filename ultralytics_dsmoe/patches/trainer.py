@@ -1,7 +1,9 @@
 """Trainer, dataset and predictor hooks: class texts from the dataset, and the paper's gamma pre-processing.
 
 - ``DetectionTrainer.set_model_attributes`` also fills the model's class-text buffers from the dataset
-  (``ultralytics_dsmoe.text.fill_text``), before the EMA copy, DDP wrapping and the optimizer are made.
+  (``ultralytics_dsmoe.text.fill_text``), before the EMA copy, DDP wrapping and the optimizer are made, and, for
+  models with loss-free-balanced experts, adds a batch-end callback that moves their selection biases after each
+  optimiser step (``ultralytics_dsmoe.nn.moe.update_selection_biases``; on every DDP rank alike).
 - A data-yaml key ``gamma:`` (the paper's eq. 35) is applied to each image as ``BaseDataset.load_image`` reads it,
   recorded in the model yaml at training, and applied again by ``BasePredictor.pre_transform`` for PyTorch checkpoints
   that recorded it (``ultralytics_dsmoe.data.gamma``).
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import ultralytics_dsmoe_hook
 from ultralytics_dsmoe.data.gamma import apply_gamma, checked_gamma
+from ultralytics_dsmoe.nn.moe import ExpertRouter, update_selection_biases
 from ultralytics_dsmoe.util import model_cfg
 
 from ultralytics_dsmoe.guard import patch_function
@@ -32,6 +35,8 @@ def _set_model_attributes(original):
         root = Path(yaml_file).parent if yaml_file else None  # a `prompts:` file is relative to the data yaml
         model = unwrap_model(self.model)
         fill_text(model, self.data["names"], self.data.get("prompts"), root)
+        if any(isinstance(m, ExpertRouter) and m.balance == "bias" for m in model.modules()):
+            self.add_callback("on_train_batch_end", lambda trainer: update_selection_biases(unwrap_model(trainer.model)))
         gamma, cfg = checked_gamma(self.data.get("gamma")), model_cfg(model)
         if gamma is not None:  # saved with the checkpoint: predict applies it too
             cfg["gamma"] = gamma
