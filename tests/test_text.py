@@ -120,6 +120,26 @@ def test_cache_hit_miss_and_no_llm_import_on_a_hit(tiny_qwen, monkeypatch, tmp_p
     assert r.returncode == 0 and r.stdout.strip().splitlines()[-1] == "False", r.stderr[-2000:]
 
 
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "wrong shape"])
+def test_a_damaged_cache_entry_is_named_and_rebuilt(tiny_qwen, monkeypatch, caplog, damage):
+    calls = count_encodes(monkeypatch)
+    prompts = ["a scratch", "a stain"]
+    _, first = text.embed_prompts(prompts, tiny_qwen)
+    (file,) = cache.cache_dir().glob("*.pt")
+    if damage == "truncate":
+        file.write_bytes(file.read_bytes()[:100])
+    elif damage == "garbage":
+        file.write_bytes(b"not a torch file")
+    else:
+        torch.save({"encoder": text.load_encoder(tiny_qwen).id, "prompts": prompts, "embeddings": torch.zeros(3)}, file)
+    with caplog.at_level("WARNING"):
+        _, again = text.embed_prompts(prompts, tiny_qwen)  # no exception: the prompts are embedded again
+    assert f"damaged embedding cache entry {file}" in caplog.text
+    assert len(calls) == 2
+    torch.testing.assert_close(again, first)
+    assert cache.load_cached(text.load_encoder(tiny_qwen).id, prompts) is not None  # rewritten, readable
+
+
 # ----------------------------------------------------------------------------------------------------- model state
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ultralytics.utils import USER_CONFIG_DIR
+from ultralytics.utils import LOGGER, USER_CONFIG_DIR
 
 
 def cache_dir() -> Path:
@@ -20,14 +20,29 @@ def cache_key(encoder_id: str, prompts: list[str]) -> str:
 
 
 def load_cached(encoder_id: str, prompts: list[str]) -> torch.Tensor | None:
-    """(n, d) embeddings stored for exactly this encoder and these prompts, else None."""
+    """(n, d) embeddings stored for exactly this encoder and these prompts, else None.
+
+    A cache is never a single point of failure: an entry that cannot be read (truncated, corrupt, from another format)
+    or does not hold an (n, d) float tensor is reported with its file name, deleted, and treated as a miss, so the
+    caller embeds the prompts again and rewrites it."""
     file = cache_dir() / f"{cache_key(encoder_id, prompts)}.pt"
     if not file.is_file():
         return None
-    entry = torch.load(file, map_location="cpu", weights_only=True)
+    try:
+        entry = torch.load(file, map_location="cpu", weights_only=True)
+        embeddings = entry["embeddings"]
+        if not (torch.is_tensor(embeddings) and embeddings.is_floating_point() and embeddings.shape[:1] == (len(prompts),)
+                and embeddings.ndim == 2):
+            raise ValueError(f"holds {type(embeddings).__name__} {tuple(getattr(embeddings, 'shape', ()))}, "
+                             f"not ({len(prompts)}, d) embeddings")
+    except Exception as e:  # any unreadable entry: rebuild rather than stop training
+        LOGGER.warning(f"DS-MoE text: damaged embedding cache entry {file} ({type(e).__name__}: {e}); removing it "
+                       "and embedding the prompts again.")
+        file.unlink(missing_ok=True)
+        return None
     if entry.get("encoder") != encoder_id or entry.get("prompts") != prompts:  # never trust the hash alone
         return None
-    return entry["embeddings"]
+    return embeddings
 
 
 def save_cached(encoder_id: str, prompts: list[str], embeddings: torch.Tensor) -> Path:
