@@ -1,8 +1,9 @@
 """Autoload hook for ultralytics-dsmoe: stdlib only, executed at interpreter start by ``ultralytics_dsmoe.pth``.
 
 It costs one tiny import per Python start and nothing else: the plugin itself is imported only right after
-``ultralytics.nn`` has finished executing, so ``python -c pass`` never pays for torch or Ultralytics, while the
-``yolo`` CLI, ``from ultralytics import YOLO`` and DDP worker subprocesses all see the DS-MoE blocks.
+``ultralytics.nn`` (or ``ultralytics.cfg``, which the ``yolo`` CLI reads ``cfg=`` files with before it loads any
+model) has finished executing, so ``python -c pass`` never pays for torch or Ultralytics, while the ``yolo`` CLI,
+``from ultralytics import YOLO`` and DDP worker subprocesses all see the DS-MoE blocks and shipped file names.
 
 Environment:
     ULTRALYTICS_DSMOE_AUTOLOAD=0  disables the hook (then ``import ultralytics_dsmoe`` explicitly).
@@ -91,3 +92,4 @@ def autoload():
         return
     before_import("ultralytics", _offline_defaults)
     when_imported("ultralytics.nn", _import_plugin)
+    when_imported("ultralytics.cfg", _import_plugin)  # `yolo ... cfg=paper-recipe.yaml` resolves the shipped file

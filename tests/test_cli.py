@@ -107,6 +107,18 @@ def test_yolo_cli_train_offline(sandbox):
     assert r.stdout.strip().splitlines()[-1] == "all-MiniLM-L6-v2|mean|l2 ['pinhole', 'scratch', 'stain', 'crease'] False 1.5"
 
 
+def test_readme_paper_recipe_cli_line(sandbox):
+    """The README's `yolo train model=dsmoe-n.yaml data=... cfg=paper-recipe.yaml` from an unrelated folder: the CLI
+    reads `cfg=` before it loads a model, and the shipped recipe must resolve there too (1 epoch at imgsz 64)."""
+    root, env, _ = sandbox
+    r = run([str(YOLO), "train", "cfg=paper-recipe.yaml", "model=dsmoe-n.yaml", f"data={root / 'data.yaml'}",
+             "epochs=1", "imgsz=64", "batch=4", "workers=0", f"project={root / 'runs'}", "name=recipe", "exist_ok=True"],
+            root / "work", env)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    args = (root / "runs" / "recipe" / "args.yaml").read_text()
+    assert "optimizer: Adam" in args and "mixup: 0.5" in args and "cos_lr: true" in args and "seed: 42" in args
+
+
 def test_ddp_worker_script_loads_plugin(sandbox):
     """The script Ultralytics generates for each DDP rank runs in a fresh interpreter and must find the plugin."""
     root, env, log = sandbox
