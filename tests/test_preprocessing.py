@@ -61,6 +61,39 @@ def test_predict_applies_the_recorded_gamma():
     assert not np.array_equal(plain, corrected)
 
 
+def test_predict_on_a_tensor_applies_the_recorded_gamma_like_an_array():
+    """Tensors skip pre_transform: the recorded gamma must still reach the model, equal to the array path's."""
+    import torch
+
+    im = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    predictor = DetectionPredictor(overrides={"imgsz": 64, "verbose": False})
+    predictor.setup_model(YOLO("yolov8n.yaml").model)
+    predictor.imgsz = (64, 64)
+    predictor.model.model.yaml["gamma"] = 1.5
+    from_array = predictor.preprocess([im])  # (1, 3, 64, 64), RGB 0-1, gamma by the uint8 lookup table
+    tensor = torch.from_numpy(im[..., ::-1].copy()).permute(2, 0, 1)[None].float() / 255  # RGB 0-1, as users pass it
+    from_tensor = predictor.preprocess(tensor)
+    assert (from_tensor - from_array).abs().max() <= 1 / 255  # the same s = r^gamma, up to uint8 rounding
+    predictor.model.model.yaml.pop("gamma")
+    assert (predictor.preprocess(tensor) - tensor).abs().max() == 0  # no record: untouched
+
+
+def test_val_without_gamma_in_the_data_yaml_applies_the_recorded_one(data, tmp_path, caplog):
+    from ultralytics.utils import YAML
+
+    file = tmp_path / "data.yaml"
+    YAML.save(file, {k: v for k, v in data.items() if k != "channels"})  # no `gamma:`
+    model = YOLO("yolov8n.yaml")
+    model.model.yaml["gamma"] = 1.5  # trained with gamma 1.5
+    seen = {}
+    model.add_callback("on_val_end", lambda v: seen.update(data=v.data.get("gamma"),
+                                                            dataset=v.dataloader.dataset.data.get("gamma")))
+    with caplog.at_level("WARNING"):
+        model.val(data=str(file), imgsz=64, batch=2, device="cpu", plots=False, workers=0, project=str(tmp_path))
+    assert seen == {"data": 1.5, "dataset": 1.5}  # the images were read with the recorded gamma
+    assert "trained with gamma 1.5 (paper eq. 35) but the data yaml has no 'gamma:'" in caplog.text
+
+
 def test_paper_recipe_is_a_valid_cfg_override_from_any_folder(tmp_path, monkeypatch):
     from ultralytics.utils import YAML, checks
 
