@@ -1,6 +1,9 @@
 """Checkpoints: save then load predicts identically, also under ULTRALYTICS_SAFE_LOAD=1 (weights-only unpickling)."""
 
 import os
+import pickle
+
+import pytest
 
 import torch
 
@@ -86,3 +89,34 @@ def test_checkpoint_from_plugin_0_1_0_loads_and_computes_the_same(tmp_path):
     rebuilt = DetectionModel(model.yaml, nc=3, verbose=False)  # ... and still builds the same blocks
     assert [type(m) for m in rebuilt.model] == [type(m) for m in model.model]
     assert max_diff_under_safe_load(file, FIXTURES / "dsmoe-0.1.0-tiny-io.pt") < 1e-4
+
+
+@pytest.mark.parametrize("payload", ["download", "read a file", "huge buffer"])
+def test_safe_load_never_runs_a_plugin_constructor(tmp_path, monkeypatch, payload):
+    """Under ULTRALYTICS_SAFE_LOAD the plugin's classes are allow-listed (restoring state needs it), so a crafted
+    checkpoint can ask for a constructor call; while a checkpoint loads, the constructors refuse: no download, no file
+    read, no allocation."""
+    from ultralytics.nn import tasks
+
+    from ultralytics_dsmoe.nn import ClassText, MobileSAMEncoder
+    from ultralytics_dsmoe.nn import encoder as encoder_module
+    from ultralytics_dsmoe.nn import text as text_module
+
+    cls, args = {"download": (MobileSAMEncoder, (3, "download")), "read a file": (MobileSAMEncoder, (3, "/etc/passwd")),
+                 "huge buffer": (ClassText, (1, 8, 20000, 1536))}[payload]
+
+    class Crafted:
+        def __reduce__(self):
+            return cls, args
+
+    file = tmp_path / "crafted.pt"
+    torch.save({"model": Crafted()}, file)
+    calls = []
+    monkeypatch.setattr(encoder_module, "find_mobilesam_weights", lambda w: calls.append(w))
+    monkeypatch.setattr(text_module, "placeholder_embeddings", lambda *a: calls.append(a))
+    with pytest.raises((pickle.UnpicklingError, TypeError)) as e:
+        tasks.torch_safe_load(str(file), safe_only=True)
+    assert not calls
+    assert f"calls {cls.__name__}" in str(e.value) or f"calls {cls.__name__}" in str(e.value.__cause__ or "")
+    model = cls(*args[:2]) if cls is MobileSAMEncoder else None  # outside a checkpoint load, constructors work
+    assert model is None or calls == [args[1]]

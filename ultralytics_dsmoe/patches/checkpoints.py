@@ -4,12 +4,18 @@
   a checkpoint was made by another version, naming the version to install.
 - The plugin's blocks pickle through ``new_block`` under ``CHECKPOINT_MODULE``: a user without the plugin is told what to
   install (Ultralytics raises on the unknown module instead of auto-installing it).
-- ``torch_safe_load`` first allows the plugin's and TinyViT's classes for weights-only loading (``ULTRALYTICS_SAFE_LOAD=1``).
+- ``torch_safe_load`` first allows the plugin's and TinyViT's classes for weights-only loading
+  (``ULTRALYTICS_SAFE_LOAD=1``; restoring an instance's state needs its class on the allow-list). Checkpoints create
+  plugin blocks only through ``new_block`` (an empty instance, its state from the file's tensors), never through a
+  constructor, so while a checkpoint loads the plugin's constructors refuse to run: a crafted file cannot make them
+  download, read files or allocate at will.
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
+import pickle
 import sys
 import types
 
@@ -20,7 +26,7 @@ from ultralytics_dsmoe.meta import __version__
 from ultralytics_dsmoe.nn import BLOCKS, RENAMED
 from ultralytics_dsmoe.util import model_cfg
 
-from ultralytics_dsmoe.guard import patch_function
+from ultralytics_dsmoe.guard import MARK, is_patched, patch_function
 
 CHECKPOINT_MODULE = "ultralytics.DS-MoE plugin required (pip install ultralytics-dsmoe)"
 
@@ -43,13 +49,30 @@ def module_classes(module) -> list[type]:
 
 
 @functools.lru_cache(maxsize=1)
-def safe_globals() -> tuple[type, ...]:
-    """Classes a DS-MoE checkpoint pickles beyond Ultralytics' own allow-list: the plugin's blocks, MobileSAM's
-    TinyViT modules, and torchvision's ResNet blocks (ablation configs A-B)."""
+def safe_globals() -> tuple:
+    """What a DS-MoE checkpoint pickles beyond Ultralytics' own allow-list: ``new_block`` and the plugin's blocks,
+    MobileSAM's TinyViT modules, and torchvision's ResNet blocks (ablation configs A-B)."""
     import torchvision.models.resnet as resnet
     from ultralytics.models.sam.modules import tiny_encoder
 
-    return (*plugin_classes().values(), *module_classes(tiny_encoder), resnet.Bottleneck, resnet.BasicBlock)
+    return (new_block, *plugin_classes().values(), *module_classes(tiny_encoder), resnet.Bottleneck, resnet.BasicBlock)
+
+
+LOADING = contextvars.ContextVar("dsmoe_loading_checkpoint", default=False)  # inside torch_safe_load
+
+
+def refuse_while_loading(init):
+    """Wrap a plugin block's ``__init__``: while a checkpoint loads, a call can only come from a crafted file."""
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        if LOADING.get():
+            raise pickle.UnpicklingError(f"the checkpoint calls {type(self).__name__}{args!r}: DS-MoE checkpoints never "
+                                         "construct blocks (the file may be crafted); refusing to load it")
+        init(self, *args, **kwargs)
+
+    setattr(__init__, MARK, init)
+    return __init__
 
 
 def new_block(name: str):
@@ -74,6 +97,9 @@ def name_plugin_in_checkpoints() -> None:
     alias.new_block, new_block.__module__ = new_block, CHECKPOINT_MODULE
     for cls in plugin_classes().values():
         cls.__reduce_ex__ = _reduce_ex
+        init = vars(cls).get("__init__")
+        if init is not None and not is_patched(init):
+            cls.__init__ = refuse_while_loading(init)
 
 
 def _model_init(original):
@@ -89,8 +115,12 @@ def _torch_safe_load(original):
     def torch_safe_load(weight, *args, **kwargs):
         import torch
 
-        torch.serialization.add_safe_globals([*safe_globals(), new_block])  # ULTRALYTICS_SAFE_LOAD=1 (weights_only)
-        ckpt, file = original(weight, *args, **kwargs)
+        torch.serialization.add_safe_globals(list(safe_globals()))  # ULTRALYTICS_SAFE_LOAD=1 (weights_only)
+        token = LOADING.set(True)
+        try:
+            ckpt, file = original(weight, *args, **kwargs)
+        finally:
+            LOADING.reset(token)
         warn_other_version(ckpt, file)
         return ckpt, file
 
