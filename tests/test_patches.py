@@ -221,3 +221,22 @@ def test_unknown_block_name_gets_a_clear_error():
     msg = str(e.value)
     assert f"Unknown block 'SparseMOE' in row {row}" in msg and "Did you mean SparseMoE?" in msg
     assert "DS-MoE blocks: MobileSAMEncoder" in msg and "ULTRALYTICS_DSMOE_AUTOLOAD" in msg
+
+
+def test_offline_non_latin_labels_get_a_cjk_font_or_one_warning(monkeypatch, caplog, tmp_path):
+    """Ultralytics asks for Arial.Unicode.ttf for non-ASCII labels (e.g. Chinese aluminum class names); offline, the
+    plugin uses an installed CJK font, or warns once naming the file to add (DejaVu Sans has no CJK glyphs)."""
+    from matplotlib import font_manager
+
+    monkeypatch.setattr(offline, "is_offline", lambda: True)
+    monkeypatch.setattr(font_manager.fontManager, "ttflist", [e for e in font_manager.fontManager.ttflist
+                                                             if not e.name.startswith(offline.CJK_FAMILIES)])
+    offline.warn_no_cjk_font.cache_clear()
+    with caplog.at_level("WARNING"):
+        first, second = checks.check_font("Arial.Unicode.ttf"), checks.check_font("Arial.Unicode.ttf")
+    assert first == second and first.name.startswith("DejaVuSans")
+    assert caplog.text.count("No CJK font on this machine") == 1 and "Arial.Unicode.ttf" in caplog.text
+    cjk = font_manager.FontEntry(fname=str(tmp_path / "NotoSansCJK-Regular.ttc"), name="Noto Sans CJK SC")
+    monkeypatch.setattr(font_manager.fontManager, "ttflist", [*font_manager.fontManager.ttflist, cjk])
+    assert checks.check_font("Arial.Unicode.ttf") == tmp_path / "NotoSansCJK-Regular.ttc"
+    assert checks.check_font("Arial.ttf").name.startswith("DejaVuSans")  # Latin labels: unchanged

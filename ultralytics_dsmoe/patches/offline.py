@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from ultralytics.utils import LOGGER, USER_CONFIG_DIR, WEIGHTS_DIR, checks
@@ -15,15 +16,50 @@ def is_offline() -> bool:
     return not utils.ONLINE
 
 
+UNICODE_FONT = "Arial.Unicode.ttf"  # what Ultralytics' Annotator asks for when a label is not ASCII (e.g. 划痕)
+CJK_FAMILIES = ("Noto Sans CJK", "Noto Serif CJK", "Source Han Sans", "WenQuanYi", "SimHei", "SimSun",
+                "Microsoft YaHei", "PingFang", "Hiragino Sans", "Arial Unicode")
+
+
 def _check_font(original):
     def check_font(font="Arial.ttf"):
         if is_offline() and not (USER_CONFIG_DIR / Path(font).name).exists():
-            from matplotlib import font_manager
-
-            return Path(font_manager.findfont("DejaVu Sans"))  # bundled with matplotlib: no download needed
+            return offline_font(Path(font).name)
         return original(font)
 
     return check_font
+
+
+def offline_font(name: str) -> Path:
+    """A local font instead of Ultralytics' download: a CJK-capable one for non-ASCII labels when the machine has one
+    (else a one-time warning naming the file to add), matplotlib's bundled DejaVu Sans otherwise."""
+    from matplotlib import font_manager
+
+    if name == UNICODE_FONT:
+        found = cjk_font()
+        if found is not None:
+            return found
+        warn_no_cjk_font()
+    return Path(font_manager.findfont("DejaVu Sans"))  # bundled with matplotlib: no download needed
+
+
+def cjk_font() -> Path | None:
+    """The first installed font of a family known to cover CJK (matplotlib's font list), or None."""
+    from matplotlib import font_manager
+
+    for family in CJK_FAMILIES:
+        for entry in font_manager.fontManager.ttflist:
+            if entry.name.startswith(family):
+                return Path(entry.fname)
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def warn_no_cjk_font() -> None:
+    LOGGER.warning(f"No CJK font on this machine and Ultralytics cannot download {UNICODE_FONT} offline: non-Latin "
+                   f"class names will render as empty boxes in plots and saved predictions. Put {UNICODE_FONT} (or "
+                   f"any CJK TrueType font saved under that name) in {USER_CONFIG_DIR}, or install one (e.g. "
+                   "fonts-noto-cjk).")
 
 
 def _check_amp(original):
