@@ -47,3 +47,9 @@ def test_stock_lookup_untouched(tmp_path, monkeypatch):
     assert yaml_model_load("yolov8s.yaml")["scale"] == "s"
     assert lookup.shipped_file("missing-thing.yaml") is None
     assert lookup.shipped_file("sub/dsmoe.yaml") is None  # paths with folders are never redirected
+
+
+@pytest.mark.parametrize("name", ["dsmoe-x.yaml", "dsmoe-l.yaml"])
+def test_a_scale_the_config_lacks_names_the_ones_it_has(name):
+    with pytest.raises(ValueError, match=rf"'{name}' asks for scale '{name[6]}'.*dsmoe-n, dsmoe-s, dsmoe-m"):
+        DetectionModel(name, nc=4, verbose=False)

@@ -46,6 +46,19 @@ def _guess_model_scale(original):
     return guess_model_scale
 
 
+def _yaml_model_load(original):
+    def yaml_model_load(path):
+        d = original(path)
+        scales, scale = d.get("scales"), d.get("scale")
+        if Path(str(path)).stem.startswith("dsmoe") and scales and scale and scale not in scales:
+            raise ValueError(f"'{Path(str(path)).name}' asks for scale '{scale}', which this config does not define: "
+                             f"use one of {', '.join(f'dsmoe-{s}' for s in scales)}.")
+        return d
+
+    return yaml_model_load
+
+
 def install() -> None:
     patch_function(checks, "check_file", _check_file, ("file",))
     patch_function(tasks, "guess_model_scale", _guess_model_scale, ("model_path",))
+    patch_function(tasks, "yaml_model_load", _yaml_model_load, ("path",))  # a scale the config lacks: say which exist
