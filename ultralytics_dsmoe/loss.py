@@ -94,9 +94,10 @@ class AuxLosses:
         if not self.terms:
             return loss, items
         batch_size = batch["img"].shape[0]
+        values = {m: m.aux_losses() for _, _, modules in self.terms for m in modules}  # each block's terms, once
         extra = []
         for column, gain, modules in self.terms:
-            term = gain * torch.stack([m.aux_losses()[column] for m in modules]).mean().to(loss.dtype)
+            term = gain * torch.stack([values[m][column] for m in modules]).mean().to(loss.dtype)
             extra.append(term)
             items = {**items, column: term.detach()}
         return torch.cat([loss, torch.stack(extra) * batch_size]), items

@@ -10,7 +10,7 @@ from torch import nn
 
 from .transient import AuxLossBlock, TransientState
 
-__all__ = ("ExpertRouter", "SparseMoE", "switch_loss", "update_selection_biases")
+__all__ = ("ExpertRouter", "SparseMoE", "biased_routers", "switch_loss", "update_selection_biases")
 
 # Lowest router temperature. Routing logits are cosines in [-1, 1]: at tau = 0.01 their spread is 200, the softmax is
 # already one-hot in fp32 (exp(-200) underflows) and the router's gradient vanishes; the floor keeps it alive.
@@ -68,7 +68,7 @@ class ExpertRouter(TransientState):
         dg: routing width.
         tau: initial temperature; also the fixed temperature of the balance term (``tau0``).
         balance: 'switch' (Switch load-balancing loss) or 'bias' (loss-free bias balancing).
-        bias_rate: step of the selection bias per training forward (DeepSeek-V3's gamma, 1e-3, on scores in [0, 1]).
+        bias_rate: step of the selection bias per optimiser step (DeepSeek-V3's gamma, 1e-3, on scores in [0, 1]).
     """
 
     TRANSIENT = ("cos", "load")
@@ -268,11 +268,15 @@ class SparseMoE(AuxLossBlock):
         return switch_loss(share, probs.float().mean(0))
 
 
+def biased_routers(model: nn.Module) -> list[ExpertRouter]:
+    """The loss-free-balanced routers (``balance='bias'``) in ``model``."""
+    return [m for m in model.modules() if isinstance(m, ExpertRouter) and m.balance == "bias"]
+
+
 def update_selection_biases(model: nn.Module) -> None:
     """After an optimiser step: move the selection bias of every loss-free-balanced router in ``model``."""
-    for m in model.modules():
-        if isinstance(m, ExpertRouter) and m.balance == "bias":
-            m.update_bias()
+    for router in biased_routers(model):
+        router.update_bias()
 
 
 def switch_loss(share: torch.Tensor, mean_prob: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ from ultralytics.utils import LOGGER
 
 import ultralytics_dsmoe_hook
 from ultralytics_dsmoe.data.gamma import apply_gamma, checked_gamma
-from ultralytics_dsmoe.nn.moe import ExpertRouter, update_selection_biases
+from ultralytics_dsmoe.nn.moe import biased_routers, update_selection_biases
 from ultralytics_dsmoe.util import model_cfg
 
 from ultralytics_dsmoe.guard import patch_function
@@ -40,7 +40,7 @@ def _set_model_attributes(original):
         root = Path(yaml_file).parent if yaml_file else None  # a `prompts:` file is relative to the data yaml
         model = unwrap_model(self.model)
         fill_text(model, self.data["names"], self.data.get("prompts"), root)
-        if any(isinstance(m, ExpertRouter) and m.balance == "bias" for m in model.modules()):
+        if biased_routers(model):
             self.add_callback("on_train_batch_end", lambda trainer: update_selection_biases(unwrap_model(trainer.model)))
         gamma, cfg = checked_gamma(self.data.get("gamma")), model_cfg(model)
         if gamma is not None:  # saved with the checkpoint: predict applies it too

@@ -64,7 +64,7 @@ def fill_text(model: torch.nn.Module, names: dict | list, data_prompts=None, roo
     with torch_distributed_zero_first(RANK):  # rank 0 embeds and caches first; the other ranks then read the cache
         encoder_id, embeddings = embed_prompts(prompts, spec, pooling)
     source = {"encoder": encoder_id, "prompts": prompts, "names": names}
-    model_cfg(model)["text_source"] = source  # saved with the checkpoint's yaml (when the model has one)
+    cfg["text_source"] = source  # saved with the checkpoint's yaml (when the model has one)
     for block in blocks:
         block.set_text(embeddings, source)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
