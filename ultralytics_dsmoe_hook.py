@@ -7,15 +7,20 @@ model) has finished executing, so ``python -c pass`` never pays for torch or Ult
 
 Environment:
     ULTRALYTICS_DSMOE_AUTOLOAD=0  disables the hook (then ``import ultralytics_dsmoe`` explicitly).
-    YOLO_OFFLINE                  set to 1 before Ultralytics loads unless already set (offline by default).
+    YOLO_OFFLINE                  left as it is, with one exception: unset, and the machine cannot resolve the hosts
+                                  Ultralytics' own import-time probe asks for within ``PROBE_SECONDS``, it is set to 1
+                                  before Ultralytics loads. Ultralytics would reach the same verdict, but its probe has
+                                  no time limit (a dead resolver can stall every import for many seconds), so on a
+                                  machine with network nothing changes, and without one nothing stalls.
 """
 
 import os
 import sys
 
 AUTOLOAD_ENV = "ULTRALYTICS_DSMOE_AUTOLOAD"
-# Ultralytics reads these once at import: they must be in place before `ultralytics` executes.
-OFFLINE_DEFAULTS = {"YOLO_OFFLINE": "1"}
+# Ultralytics' import-time probe (ultralytics.utils.is_online): the first of these that resolves means online.
+PROBE_HOSTS = ("one.one.one.one", "dns.google")
+PROBE_SECONDS = 1.0
 
 
 class _PostImportFinder:
@@ -77,9 +82,39 @@ def before_import(name, callback):
         _finder().before.setdefault(name, []).append(callback)
 
 
-def _offline_defaults(_):
-    for key, value in OFFLINE_DEFAULTS.items():
-        os.environ.setdefault(key, value)
+def resolves(hosts=PROBE_HOSTS, seconds=PROBE_SECONDS) -> bool:
+    """True if any of ``hosts`` resolves within ``seconds`` (one daemon thread per lookup, so a hung resolver is left
+    behind instead of waited for)."""
+    import queue  # here, not at the top: the hook runs at every interpreter start and must stay cheap there
+    import socket
+    import threading
+    import time
+
+    answers = queue.SimpleQueue()
+
+    def lookup(host):
+        try:
+            socket.getaddrinfo(host.encode(), 0, socket.AF_UNSPEC, 0, 0, socket.AI_ADDRCONFIG)  # bytes: no idna import
+            answers.put(True)
+        except OSError:
+            answers.put(False)
+
+    for host in hosts:
+        threading.Thread(target=lookup, args=(host,), daemon=True).start()
+    end = time.monotonic() + seconds
+    for _ in hosts:
+        try:
+            if answers.get(timeout=max(0.0, end - time.monotonic())):
+                return True
+        except queue.Empty:  # out of time
+            return False
+    return False
+
+
+def _offline_without_network(_):
+    """Before Ultralytics loads: YOLO_OFFLINE=1 only when the user left it unset and there is no network."""
+    if "YOLO_OFFLINE" not in os.environ and not resolves():
+        os.environ["YOLO_OFFLINE"] = "1"
 
 
 def _import_plugin(_):
@@ -90,6 +125,6 @@ def autoload():
     """Entry point of the ``.pth`` line: arm the hooks unless disabled by the environment."""
     if os.environ.get(AUTOLOAD_ENV, "1").strip().lower() in {"0", "false", "no", "off"}:
         return
-    before_import("ultralytics", _offline_defaults)
+    before_import("ultralytics", _offline_without_network)
     when_imported("ultralytics.nn", _import_plugin)
     when_imported("ultralytics.cfg", _import_plugin)  # `yolo ... cfg=paper-recipe.yaml` resolves the shipped file

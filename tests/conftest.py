@@ -9,6 +9,7 @@ import pytest
 
 _HOME = Path(tempfile.mkdtemp(prefix="dsmoe-tests-"))
 os.environ["YOLO_CONFIG_DIR"] = str(_HOME / "config")  # read once when ultralytics is imported
+os.environ.setdefault("YOLO_OFFLINE", "1")  # the suite never uses the network (tests that simulate one set their own)
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -14,14 +14,34 @@ from ultralytics_dsmoe.data.synthetic import generate
 YOLO = Path(sys.executable).with_name("yolo")
 NETWORK_EVENTS = ("socket.getaddrinfo", "socket.gethostbyname", "socket.gethostbyaddr", "socket.connect",
                   "socket.sendto", "urllib.Request")
-AUDIT_HOOK = """
-import sys
+# The child interpreters' sitecustomize: an audit hook logs every real network attempt, and DSMOE_TEST_NETWORK
+# simulates the machine's network at the resolver: "down" (lookups fail at once), "hang" (lookups never return),
+# "up" (every name resolves) or "real" (the real resolver). Simulated lookups are logged as "lookup <host>".
+SITECUSTOMIZE = """
+import os, socket, sys, threading
+
+def _log(line):
+    with open(LOG, "a") as f:
+        f.write(line + "\\n")
+
 def _audit(event, args):
     if event in EVENTS:
         if event == "socket.connect" and not isinstance(args[1], tuple):
             return  # AF_UNIX: local IPC, not network
-        with open(LOG, "a") as f:
-            f.write(f"{event} {args[1:]!r}\\n")
+        _log(f"{event} {args[1:]!r}")
+
+def _getaddrinfo(host, port, *args, **kwargs):
+    host = host.decode() if isinstance(host, bytes) else host
+    _log(f"lookup {host}")
+    if NETWORK == "hang":
+        threading.Event().wait()
+    if NETWORK == "up":
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.1", port or 0))]
+    raise socket.gaierror(socket.EAI_NONAME, "Name or service not known (simulated)")
+
+NETWORK = os.environ.get("DSMOE_TEST_NETWORK", "down")
+if NETWORK != "real":
+    socket.getaddrinfo = _getaddrinfo
 sys.addaudithook(_audit)
 """
 
@@ -29,7 +49,8 @@ sys.addaudithook(_audit)
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory):
     """A fresh user: own Ultralytics config dir, a tiny generated dataset, an unrelated working directory, and a
-    sitecustomize that logs every network attempt of the child interpreters."""
+    sitecustomize that logs every network attempt of the child interpreters and simulates a machine without
+    network (``DSMOE_TEST_NETWORK`` changes that)."""
     root = tmp_path_factory.mktemp("sandbox")
     data = generate(root / "data", seed=1, train=8, val=4, imgsz=64)
     # Messy factory data: a truncated image and a label file with a malformed row must be warned about and skipped.
@@ -41,9 +62,9 @@ def sandbox(tmp_path_factory):
                                     "names: {0: pinhole, 1: scratch, 2: stain, 3: crease}\ngamma: 1.5\n")
     (root / "site").mkdir()
     log = root / "network.log"
-    (root / "site" / "sitecustomize.py").write_text(f"EVENTS = {NETWORK_EVENTS!r}\nLOG = {str(log)!r}\n" + AUDIT_HOOK)
+    (root / "site" / "sitecustomize.py").write_text(f"EVENTS = {NETWORK_EVENTS!r}\nLOG = {str(log)!r}\n" + SITECUSTOMIZE)
     (root / "work").mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("YOLO_", "ULTRALYTICS_DSMOE"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("YOLO_", "ULTRALYTICS_DSMOE", "DSMOE_TEST"))}
     env.update(YOLO_CONFIG_DIR=str(root / "config"), PYTHONPATH=str(root / "site"))
     return root, env, log
 
@@ -73,13 +94,44 @@ def test_user_offline_choice_is_kept(sandbox):
     assert r.stdout.splitlines()[-1] == "0", r.stderr
 
 
+PROBED = {"lookup one.one.one.one", "lookup dns.google"}  # the hosts of Ultralytics' (and the hook's) probe
+HOST_STATE = ("import json, os, ultralytics.utils as u; from ultralytics.utils import checks; "
+              "print(json.dumps([os.environ.get('YOLO_OFFLINE'), u.ONLINE, checks.AUTOINSTALL, dict(u.SETTINGS)], "
+              "default=str))")
+
+
+def test_without_network_offline_is_set_without_a_stall(sandbox):
+    """A machine whose resolver never answers: Ultralytics' own probe would wait for it at every import; the hook
+    gives up after its bounded probe, sets YOLO_OFFLINE=1, and nothing else is asked of the network."""
+    root, env, log = sandbox
+    log.unlink(missing_ok=True)
+    r = run_python(HOST_STATE, root / "work", {**env, "DSMOE_TEST_NETWORK": "hang"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    offline, online, *_ = json.loads(r.stdout.splitlines()[-1])
+    assert (offline, online) == ("1", False)
+    assert set(log.read_text().splitlines()) <= PROBED
+
+
+def test_with_network_ultralytics_is_untouched(sandbox):
+    """On a machine with network the plugin changes nothing Ultralytics decides at import: YOLO_OFFLINE stays
+    unset, Ultralytics is online, pip auto-install and the settings are what they are without the plugin."""
+    root, env, _ = sandbox
+    online = {**env, "DSMOE_TEST_NETWORK": "up"}
+    states = [run_python(HOST_STATE, root / "work", {**online, "ULTRALYTICS_DSMOE_AUTOLOAD": a}) for a in ("1", "0")]
+    assert all(r.returncode == 0 for r in states), states[0].stderr[-2000:]
+    with_plugin, without = (json.loads(r.stdout.splitlines()[-1]) for r in states)
+    assert with_plugin == without
+    assert with_plugin[:2] == [None, True]
+
+
 def bad_label_stem(root):
     labels = root / "data" / "labels" / "train"
     return next(f.stem for f in sorted(labels.glob("*.txt")) if "oops" in f.read_text() and f.stem != "corrupt")
 
 
 def test_yolo_cli_train_offline(sandbox):
-    """`yolo train model=dsmoe-n.yaml` from an unrelated folder: 1 epoch at imgsz 64, no network attempt at all."""
+    """`yolo train model=dsmoe-n.yaml` on a machine without network, from an unrelated folder: 1 epoch at imgsz 64;
+    after the hook's failed probe, no network attempt at all."""
     root, env, log = sandbox
     log.unlink(missing_ok=True)
     r = run([str(YOLO), "train", "model=dsmoe-n.yaml", f"data={root / 'data.yaml'}", "epochs=1", "imgsz=64",
@@ -96,7 +148,8 @@ def test_yolo_cli_train_offline(sandbox):
     assert "using the embedded offline encoder all-MiniLM-L6-v2" in out  # text_model=auto says what it used
     assert "corrupt.png" in out and "ignoring corrupt image/label" in out  # bad files: warned about and skipped
     assert f"{bad_label_stem(root)}.png: ignoring corrupt image/label" in out
-    assert not log.exists(), f"network attempts:\n{log.read_text()}"
+    attempts = set(log.read_text().splitlines()) - PROBED if log.exists() else set()
+    assert not attempts, f"network attempts:\n{attempts}"
     # best.pt carries the prompts, encoder id and embeddings (loading it needs no text model) and the data's gamma
     code = ("import sys; from ultralytics import YOLO; from ultralytics_dsmoe.nn import ClassText; "
             f"m = YOLO({str(run_dir / 'weights' / 'best.pt')!r}).model; "
@@ -139,10 +192,10 @@ print(generate_ddp_file(t))
 
 
 def test_network_audit_detects_attempts(sandbox):
-    """The audit hook behind the offline test is live: Ultralytics' own DNS probe shows up when not offline."""
+    """The audit hook behind the offline tests is live: Ultralytics' own DNS probe shows up on the real resolver."""
     root, env, log = sandbox
     log.unlink(missing_ok=True)
-    run_python("import ultralytics", root / "work", {**env, "YOLO_OFFLINE": "0"})
+    run_python("import ultralytics", root / "work", {**env, "YOLO_OFFLINE": "0", "DSMOE_TEST_NETWORK": "real"})
     assert "socket.getaddrinfo" in log.read_text()
     log.unlink()
 

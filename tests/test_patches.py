@@ -3,6 +3,7 @@ loud failure from every guard when Ultralytics does not have the expected shape.
 
 import copy
 import functools
+import types
 
 import pytest
 import torch
@@ -240,3 +241,16 @@ def test_offline_non_latin_labels_get_a_cjk_font_or_one_warning(monkeypatch, cap
     monkeypatch.setattr(font_manager.fontManager, "ttflist", [*font_manager.fontManager.ttflist, cjk])
     assert checks.check_font("Arial.Unicode.ttf") == tmp_path / "NotoSansCJK-Regular.ttc"
     assert checks.check_font("Arial.ttf").name.startswith("DejaVuSans")  # Latin labels: unchanged
+
+
+def test_amp_check_of_plain_yolo_models_stays_ultralytics_own(monkeypatch):
+    """Offline on CUDA, the plugin replaces the AMP check's yolo26n.pt download by a check on the model itself, but
+    only for DS-MoE models: a plain YOLO model gets Ultralytics' own check, whatever the network."""
+    monkeypatch.setattr(offline, "is_offline", lambda: True)
+    calls = []
+    check_amp = offline._check_amp(lambda model, *a, **k: calls.append(model) or "stock")
+    plain = DetectionModel("yolov8n.yaml", verbose=False)
+    on_cuda = types.SimpleNamespace(device=torch.device("cuda"))
+    monkeypatch.setattr(plain, "parameters", lambda *a, **k: iter([on_cuda]))
+    assert check_amp(plain) == "stock" and calls == [plain]
+    assert not offline.is_dsmoe(plain) and offline.is_dsmoe(nn.Sequential(nn.Conv2d(3, 8, 1), DSCBAM(8)))

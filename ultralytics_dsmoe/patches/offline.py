@@ -1,4 +1,5 @@
-"""Offline checks: Ultralytics' font check and AMP check never touch the network when Ultralytics is offline."""
+"""Offline checks: Ultralytics' font check, and its AMP check on DS-MoE models, never touch the network when
+Ultralytics is offline. Online, both are Ultralytics' own; so is the AMP check of any model without DS-MoE blocks."""
 
 from __future__ import annotations
 
@@ -65,8 +66,8 @@ def warn_no_cjk_font() -> None:
 def _check_amp(original):
     def check_amp(model, *args, **kwargs):
         device = next(model.parameters()).device
-        if device.type != "cuda" or not is_offline() or (WEIGHTS_DIR / "yolo26n.pt").is_file():
-            return original(model, *args, **kwargs)  # CPU/MPS: False; online or weights present: stock check
+        if device.type != "cuda" or not is_offline() or (WEIGHTS_DIR / "yolo26n.pt").is_file() or not is_dsmoe(model):
+            return original(model, *args, **kwargs)  # CPU/MPS: False; online, weights present or plain YOLO: stock
         # Offline without the reference weights: instead of a download attempt, check that the model being trained
         # stays finite under fp16 autocast (the failure AMP checks exist to catch).
         import copy
@@ -81,6 +82,14 @@ def _check_amp(original):
         return bool(finite)
 
     return check_amp
+
+
+def is_dsmoe(model) -> bool:
+    """True if the model has a DS-MoE block (the plugin's patches leave other models to Ultralytics)."""
+    from ultralytics_dsmoe.nn import BLOCKS
+
+    kinds = tuple(block.cls for block in BLOCKS.values())
+    return any(isinstance(m, kinds) for m in model.modules())
 
 
 def tensors(x):
