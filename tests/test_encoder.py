@@ -1,5 +1,8 @@
 """Stage 3 backbone: MobileSAM TinyViT shapes, weight loading policy, and a clear error for missing weights."""
 
+import io
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -58,13 +61,79 @@ def test_loads_mobilesam_image_encoder_strictly(mobilesam_checkpoint):
         torch.testing.assert_close(p, state[f"image_encoder.{name}"], msg=name)
 
 
-def test_auto_finds_weights_in_cwd_and_never_downloads(tmp_path, monkeypatch, mobilesam_checkpoint):
+@pytest.fixture
+def weights_dir(tmp_path, monkeypatch):
+    """An empty working and weights directory, a fresh once-per-reason warning, and a log of download calls that
+    stand in for Ultralytics' asset download (tests never touch the network)."""
+    from ultralytics import utils
+    from ultralytics.utils import downloads
+
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(encoder, "WEIGHTS_DIR", tmp_path / "weights")
-    assert find_mobilesam_weights("auto") is None  # absent: random init, no download attempt
+    encoder.warn_random_init.cache_clear()
+    calls = []
+    monkeypatch.setattr(downloads, "attempt_download_asset", lambda file, **kw: calls.append((Path(file), kw)) or file)
+    monkeypatch.setattr(utils, "ONLINE", True)
+    return tmp_path, calls
+
+
+def test_auto_prefers_a_local_file(weights_dir, mobilesam_checkpoint):
+    tmp_path, calls = weights_dir
     (tmp_path / MOBILESAM_FILE).write_bytes(mobilesam_checkpoint.read_bytes())
     assert find_mobilesam_weights("auto").resolve() == (tmp_path / MOBILESAM_FILE).resolve()
-    assert find_mobilesam_weights("none") is None
+    assert find_mobilesam_weights("none") is None and calls == []
+
+
+def test_auto_online_fetches_into_the_weights_dir(weights_dir, mobilesam_checkpoint, monkeypatch):
+    """Online, `auto` downloads mobile_sam.pt like Ultralytics fetches yolo26n.pt (into its weights dir, bounded by one
+    retry after a reachability probe), and the encoder loads what arrived."""
+    tmp_path, calls = weights_dir
+    from ultralytics.utils import downloads
+
+    def download(file, **kw):
+        calls.append((Path(file), kw))
+        Path(file).parent.mkdir(parents=True, exist_ok=True)
+        Path(file).write_bytes(mobilesam_checkpoint.read_bytes())
+        return str(file)
+
+    monkeypatch.setattr(downloads, "attempt_download_asset", download)
+    monkeypatch.setattr("socket.create_connection", lambda *a, **k: io.BytesIO())
+    enc = MobileSAMEncoder(3, "auto")
+    assert calls == [(tmp_path / "weights" / MOBILESAM_FILE, {"retry": 1})]
+    state = torch.load(mobilesam_checkpoint, weights_only=True)
+    torch.testing.assert_close(enc.vit.patch_embed.seq[0].c.weight, state["image_encoder.patch_embed.seq.0.c.weight"])
+
+
+def unreachable(*args, **kwargs):
+    raise TimeoutError("timed out (simulated)")
+
+
+def failing_download(file, **kwargs):
+    raise ConnectionError("Download failure (simulated)")
+
+
+@pytest.mark.parametrize("online, probe, download, reason", [
+    (False, None, None, "Ultralytics is offline"),
+    (True, unreachable, None, "github.com unreachable: timed out"),
+    (True, lambda *a, **k: io.BytesIO(), failing_download, "download failed: Download failure"),
+])
+def test_auto_falls_back_to_random_init_with_one_warning(weights_dir, monkeypatch, caplog, online, probe, download,
+                                                        reason):
+    """Offline, unreachable or failed: random init, and one warning that says what that costs and how to fix it."""
+    from ultralytics import utils
+    from ultralytics.utils import downloads
+
+    _, calls = weights_dir
+    monkeypatch.setattr(utils, "ONLINE", online)
+    if probe:
+        monkeypatch.setattr("socket.create_connection", probe)
+    if download:
+        monkeypatch.setattr(downloads, "attempt_download_asset", download)
+    with caplog.at_level("WARNING"):
+        assert find_mobilesam_weights("auto") is None and find_mobilesam_weights("auto") is None
+    assert caplog.text.count("MobileSAMEncoder: mobile_sam.pt not available") == 1 and reason in caplog.text
+    assert "from scratch needs far more data and epochs" in caplog.text and "`weights: none`" in caplog.text
+    assert calls == []  # the default stand-in was never asked: offline and unreachable never reach the download
 
 
 def test_missing_or_wrong_weights_fail_clearly(tmp_path):

