@@ -2,7 +2,9 @@
 
 The shipped data yamls (``datasets/aluminum.yaml``, ``pcb.yaml``, ``neu-det.yaml``, ``deeppcb.yaml``) call
 ``prepare(yaml)`` from their ``download:`` script the first time Ultralytics misses their ``val`` images;
-``dsmoe convert pcb.yaml <release>`` does the same for a release stored elsewhere.
+``dsmoe convert pcb.yaml <release>`` does the same for a release stored elsewhere. A release not found locally is
+downloaded from the yaml's ``source: download:`` url (only where the release has a stable direct url) when
+Ultralytics is online.
 
 Each format reader returns the same record list, ``(image, [(label, x1, y1, x2, y2), ...], (w, h), split)``, with
 boxes in the units of ``(w, h)`` (pixels, or ``(1, 1)`` for labels that are already normalised) and ``split`` the
@@ -27,13 +29,16 @@ from pathlib import Path
 from PIL import Image
 from ultralytics.data.utils import img2label_paths
 from ultralytics.utils import LOGGER, SETTINGS, YAML
+from ultralytics.utils.downloads import safe_download
 
+from ultralytics_dsmoe.patches.offline import is_offline
 from ultralytics_dsmoe.util import class_key
 
 IMAGE_SUFFIXES = {".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"}
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 SPLITS = ("train", "val", "test")
 SPLIT_WORDS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+DEEPPCB_LISTS = {"trainval.txt": "train", "test.txt": "test"}  # DeepPCB's split lists -> split
 Box = tuple[str | int, float, float, float, float]  # (label, x1, y1, x2, y2); int labels: 0-based ids (YOLO releases)
 Record = tuple[Path, list[Box], tuple[float, float], str | None]  # (image, boxes, (w, h) of the box units, split)
 Item = tuple[Path, list[tuple[int, float, float, float, float]], str | None]  # (image, [(cls, xc, yc, w, h)], split)
@@ -49,7 +54,8 @@ def dataset_root(yaml: dict) -> Path:
 
 
 def find_release(yaml: dict, out: Path) -> Path:
-    """The first of ``yaml["source"]["files"]`` in datasets_dir, the output's parent, the cwd or the yaml's folder."""
+    """The first of ``source: files:`` in datasets_dir, the output's parent, the cwd or the yaml's folder; else the
+    release downloaded from ``source: download:`` into the output's parent (datasets_dir) when Ultralytics is online."""
     source, yaml_file = yaml.get("source") or {}, yaml.get("yaml_file")
     folders = [Path(SETTINGS["datasets_dir"]), out.parent, Path.cwd()] + ([Path(yaml_file).parent] if yaml_file else [])
     folders = list(dict.fromkeys(f.resolve() for f in folders))
@@ -57,12 +63,32 @@ def find_release(yaml: dict, out: Path) -> Path:
         for name in source.get("files", []):
             if (folder / name).exists() and (folder / name).resolve() != out:
                 return folder / name
+    url, note = source.get("download"), ""
+    if url and is_offline():
+        note = "Ultralytics is offline (YOLO_OFFLINE=1, the plugin's default); with YOLO_OFFLINE=0 it is downloaded.\n"
+    elif url:
+        try:
+            return download_release(url, out.parent / source["files"][0])
+        except OSError as e:
+            note = f"Downloading it failed: {e}\n"
+    raise FileNotFoundError(release_not_found(yaml, out, folders, note))
+
+
+def release_not_found(yaml: dict, out: Path, folders: list[Path], note: str) -> str:
+    """What to get, from where, and where to put it (or how to convert a release stored elsewhere)."""
+    source, yaml_file = yaml.get("source") or {}, yaml.get("yaml_file")
     data = Path(yaml_file).name if yaml_file else "<data.yaml>"
     files, where = ", ".join(source.get("files", [])), "\n  ".join(map(str, folders))
-    raise FileNotFoundError(f"Dataset {data} ({source.get('name', out.name)}): release not found.\nDownload it from "
-                            f"{source.get('url', '(no url given)')} and put one of\n  {files}\nin one of\n  {where}\n"
-                            "or convert a release stored elsewhere with\n  dsmoe convert "
-                            f"{data} <path-to-release>")
+    url = source.get("download") or source.get("url", "(no url given)")
+    return (f"Dataset {data} ({source.get('name', out.name)}): release not found.\n{note}Download it from {url} and "
+            f"put one of\n  {files}\nin one of\n  {where}\nor convert a release stored elsewhere with\n  dsmoe convert "
+            f"{data} <path-to-release>")
+
+
+def download_release(url: str, file: Path) -> Path:
+    """``url`` saved as ``file`` by Ultralytics' downloader (retries, resumes, checks the size); OSError if it fails."""
+    LOGGER.info(f"Release not found locally: downloading {url} to {file}")
+    return safe_download(url, file=file.name, dir=file.parent, unzip=False)
 
 
 def unpack(release: Path, into: Path) -> Path:
@@ -120,9 +146,9 @@ def number(node: ET.Element, tag: str, where: Path, default: float | None = None
 
 
 def is_voc(path: Path) -> bool:
-    """A Pascal VOC annotation (not any xml: IDE project files, COCO-xml, ...)."""
+    """A Pascal VOC annotation (not any xml: IDE project files, CVAT's ``<annotations>`` export, ...)."""
     with open(path, encoding="utf-8", errors="ignore") as f:
-        return "<annotation" in f.read(4096)
+        return re.search(r"<annotation[\s>]", f.read(4096)) is not None
 
 
 def read_voc(root: Path) -> list[Record]:
@@ -150,7 +176,7 @@ def coco_files(root: Path) -> list[tuple[Path, dict]]:
     found = []
     for path in sorted(root.rglob("*.json")):
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(path.read_text(encoding="utf-8-sig"))  # -sig: Windows tools write a byte-order mark
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ValueError(f"corrupt json {path}: {e}") from None
         if isinstance(data, dict) and {"images", "annotations"} <= data.keys():
@@ -198,17 +224,28 @@ def box_rows(path: Path, label_at: int, layout: str) -> list[tuple[str, list[flo
     return rows
 
 
+def deeppcb_lists(root: Path) -> list[Path]:
+    """The release's split lists: ``trainval.txt`` and ``test.txt`` beside its group folders (``PCBData/``).
+
+    Lists of the same names elsewhere (the annotation tool's ``tools/examples/test.txt``) are not the dataset's.
+    """
+    found = sorted(p for p in root.rglob("*.txt") if p.name in DEEPPCB_LISTS)
+    lists = [p for p in found if any(p.parent.glob("*/*_not"))]
+    if ignored := [str(p.relative_to(root)) for p in found if p not in lists]:
+        LOGGER.info(f"DeepPCB: ignored {', '.join(ignored)} (not beside the release's group folders)")
+    return lists
+
+
 def read_deeppcb(root: Path) -> list[Record]:
     """DeepPCB: ``<group>/<id>_test.jpg`` + ``<group>_not/<id>.txt``; splits from ``trainval.txt``/``test.txt``."""
     pairs = []  # (image, annotation, split)
-    for listing in sorted(p for p in root.rglob("*.txt") if p.name in ("trainval.txt", "test.txt")):
-        split = "train" if listing.name == "trainval.txt" else "test"
+    for listing in deeppcb_lists(root):
         for n, line in enumerate(listing.read_text(encoding="utf-8").splitlines(), 1):
             if line.strip():
                 if len(line.split()) != 2:
                     raise ValueError(f"{listing}, line {n}: expected '<image> <annotation>', got {line.strip()!r}")
                 image, ann = (listing.parent / p for p in line.split())
-                pairs.append((image.with_name(f"{image.stem}_test{image.suffix}"), ann, split))
+                pairs.append((image.with_name(f"{image.stem}_test{image.suffix}"), ann, DEEPPCB_LISTS[listing.name]))
     if not pairs:  # no split lists: every annotation folder
         pairs = [(a.parent.with_name(a.parent.name[:-4]) / f"{a.stem}_test.jpg", a, None)
                  for a in sorted(root.rglob("*_not/*.txt"))]
@@ -320,17 +357,31 @@ def random_split(items: list, ratios: list[float], seed: int) -> list[list]:
     return [items[a:b] for a, b in zip(bounds, bounds[1:])]
 
 
-def assign_splits(items: list[Item], ratios: list[float], seed: int, data: str) -> dict[str, list[Item]]:
-    """The release's own splits (val carved out of train when missing), else a seeded split by ``ratios``."""
-    unique, overlap = {}, 0  # an image listed twice (e.g. a val json repeating train images) is kept once
+def unique_items(items: list[Item], data: str) -> tuple[list[Item], Counter]:
+    """Each image once; ``{(split, earlier split): n}`` for images a later split repeats (a val json listing train
+    images again, as the Baidu aluminum release's ``valid.json`` does for 354 of its 400 images)."""
+    unique, repeats, differ = {}, Counter(), 0
     for item in items:
-        key = item[0].resolve()
-        overlap += key in unique and unique[key][2] != item[2]
-        unique.setdefault(key, item)
-    items = list(unique.values())
-    if overlap:
-        LOGGER.warning(f"{data}: the release's splits share {overlap} images; ignoring them for a seeded split")
-    given = set() if overlap else {split for *_, split in items if split}
+        first = unique.setdefault(item[0].resolve(), item)
+        if first[2] != item[2]:
+            repeats[item[2] or "unsplit", first[2] or "unsplit"] += 1
+            differ += sorted(first[1]) != sorted(item[1])
+    if differ:
+        LOGGER.warning(f"{data}: {differ} images are listed in two splits with different boxes; the first kept")
+    return list(unique.values()), repeats
+
+
+def assign_splits(items: list[Item], ratios: list[float], seed: int, data: str) -> dict[str, list[Item]]:
+    """The release's own splits (val carved out of train when missing), else a seeded split by ``ratios``.
+
+    Splits that share images are not held out: each image is kept once and the whole set is split by ``ratios``.
+    """
+    items, repeats = unique_items(items, data)
+    if repeats:
+        shared = ", ".join(f"{n} {split} images repeat {first}" for (split, first), n in repeats.items())
+        LOGGER.info(f"{data}: the release's splits are not held out ({shared}); each image is kept once and the "
+                    f"{len(items)} images are split {ratios} with seed {seed}")
+    given = set() if repeats else {split for *_, split in items if split}
     if not given - {"train"}:
         return dict(zip(SPLITS, [*random_split(items, ratios, seed), [], []]))  # a 2-way split: empty test
     splits = {s: [i for i in items if (i[2] or "train") == s] for s in SPLITS}
