@@ -178,3 +178,33 @@ def test_an_interrupted_benchmark_reuses_finished_runs_only(tmp_path, monkeypatc
     with pytest.raises(RuntimeError, match="would train"):  # another setting: trained again, never reused
         benchmark.run_worker({**spec, "train": {"epochs": 4}}, tmp_path)
     assert started and not (tmp_path / "yolov8n.result.json").exists()
+
+
+def test_benchmark_checks_everything_before_training(dataset, tmp_path, monkeypatch):
+    """Missing onnxruntime, a bad device, a missing checkpoint, weights or a text model that cannot be fetched
+    offline: all reported at once, before any model is trained."""
+    import builtins
+
+    from ultralytics_dsmoe.text import encoders
+
+    real_import = builtins.__import__
+
+    def no_onnxruntime(name, *args, **kwargs):
+        if name == "onnxruntime":
+            raise ImportError("No module named 'onnxruntime' (simulated)")
+        return real_import(name, *args, **kwargs)
+
+    text = tmp_path / "dsmoe-text.yaml"
+    text.write_text((REPO / "cfg" / "dsmoe.yaml").read_text() + "\ntext_model: nobody/an-uncached-llm\n")
+    monkeypatch.setattr(builtins, "__import__", no_onnxruntime)
+    monkeypatch.setattr(encoders, "offline", lambda: True)
+    monkeypatch.setattr(benchmark, "run_worker", lambda *a: pytest.fail("trained before checking"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RuntimeError) as e:
+        benchmark.main(["--data", str(dataset / "set" / "data.yaml"), "--models", "yolov8n.yaml", "missing.pt",
+                        str(text), "--pretrained", "--device", "7", "--out", str(tmp_path / "bench")])
+    message = str(e.value)
+    assert "nothing was trained" in message and "pip install onnxruntime" in message
+    assert "device '7'" in message and "missing.pt: no such checkpoint" in message
+    assert "yolov8n.yaml: --pretrained needs yolov8n.pt" in message and "mobile_sam.pt" in message
+    assert "text_model 'nobody/an-uncached-llm' is not cached" in message

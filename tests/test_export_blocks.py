@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-ort = pytest.importorskip("onnxruntime")  # a test extra (onnx itself is a dependency)
+ort = pytest.importorskip("onnxruntime")
 
 import ultralytics_dsmoe  # noqa: E402,F401  (registers the blocks; a no-op when the autoload hook already did)
 from ultralytics_dsmoe.nn import (  # noqa: E402

@@ -311,6 +311,52 @@ def plot(report: dict, file: Path) -> None:
     plt.close(fig)
 
 
+def preflight(models: list[str], device: str, pretrained: bool) -> None:
+    """Everything the benchmark will need, checked before it trains anything: a problem found after hours of
+    training is a problem found too late. Raises ``RuntimeError`` listing every problem with its fix."""
+    from ultralytics.nn.tasks import yaml_model_load
+    from ultralytics.utils import WEIGHTS_DIR
+    from ultralytics.utils.torch_utils import select_device
+
+    from ultralytics_dsmoe.nn.encoder import MOBILESAM_FILE
+    from ultralytics_dsmoe.text import encoders
+
+    problems = []
+    for module in ("onnx", "onnxruntime"):  # the ONNX export and its ONNX Runtime latency, measured last
+        try:
+            __import__(module)
+        except ImportError as e:
+            problems.append(f"{module} cannot be imported ({e}); it is a dependency of ultralytics-dsmoe: "
+                            f"pip install {module}")
+    try:
+        select_device(device, verbose=False)
+    except Exception as e:  # Ultralytics raises ValueError for a missing CUDA device
+        problems.append(f"device {device!r}: {str(e).splitlines()[0]}")
+    for model in models:
+        if model.endswith(".pt"):
+            if not Path(model).is_file():
+                problems.append(f"{model}: no such checkpoint")
+            continue
+        d, name = yaml_model_load(model), Path(model).name
+        if pretrained and not name.startswith("dsmoe") and encoders.offline():  # YOLO starts from its COCO .pt
+            weights = f"{Path(model).stem}.pt"
+            if not (Path(weights).is_file() or (WEIGHTS_DIR / weights).is_file()):
+                problems.append(f"{name}: --pretrained needs {weights}, which cannot be downloaded offline; put it "
+                                f"in {WEIGHTS_DIR}")
+        encoder_weights = {str(r[3][0]) for r in d["backbone"] if r[2] in {"MobileSAMEncoder", "HybridEncoder"}}
+        local = Path(MOBILESAM_FILE).is_file() or (WEIGHTS_DIR / MOBILESAM_FILE).is_file()
+        if "download" in encoder_weights and encoders.offline() and not local:
+            problems.append(f"{name}: --pretrained needs {MOBILESAM_FILE}, which cannot be downloaded "
+                            f"offline; put it in {WEIGHTS_DIR}")
+        text_model = str(d.get("text_model") or "auto")
+        if text_model.lower() not in {"auto", encoders.MINILM}:
+            if encoders.offline() and not encoders.llm_cached(text_model):
+                problems.append(f"{name}: text_model {text_model!r} is not cached and Ultralytics is "
+                                "offline; use a local folder, `minilm`, or `auto`")
+    if problems:
+        raise RuntimeError("dsmoe benchmark cannot run; nothing was trained:\n  " + "\n  ".join(problems))
+
+
 def benchmark(a: argparse.Namespace, argv: list[str]) -> dict:
     import torch
     from ultralytics.utils import YAML, checks
@@ -328,6 +374,7 @@ def benchmark(a: argparse.Namespace, argv: list[str]) -> dict:
         models = [model_yaml(base, out / "models", a.pretrained, k) for k in a.topk]
     else:
         models = [model_yaml(m, out / "models", a.pretrained) for m in a.models]
+    preflight(models, a.device, a.pretrained)
     results = {}
     for model in models:
         name = Path(model).stem
