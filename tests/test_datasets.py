@@ -363,7 +363,7 @@ def failed_download(*args, **kwargs):
 
 
 @pytest.mark.parametrize("online, download, note", [
-    (False, no_download, "Ultralytics is offline (YOLO_OFFLINE=1, the plugin's default); with YOLO_OFFLINE=0 it is"),
+    (False, no_download, "Ultralytics is offline (no network, or YOLO_OFFLINE=1); online, it is downloaded"),
     (True, failed_download, "Downloading it failed: Download failure for"),
 ])
 def test_offline_or_failed_download_says_where_to_get_it(tmp_path, monkeypatch, online, download, note):

@@ -65,7 +65,7 @@ def find_release(yaml: dict, out: Path) -> Path:
                 return folder / name
     url, note = source.get("download"), ""
     if url and is_offline():
-        note = "Ultralytics is offline (YOLO_OFFLINE=1, the plugin's default); with YOLO_OFFLINE=0 it is downloaded.\n"
+        note = "Ultralytics is offline (no network, or YOLO_OFFLINE=1); online, it is downloaded on first use.\n"
     elif url:
         try:
             return download_release(url, out.parent / source["files"][0])
