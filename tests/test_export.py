@@ -1,5 +1,7 @@
 """Deployment through Ultralytics' own exporter: fused model, dynamic ONNX, ORT parity after NMS, predict on .onnx."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,7 @@ ort = pytest.importorskip("onnxruntime")
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """A dsmoe-n with trained-like statistics (a few steps of BN updates), saved as a checkpoint and exported."""
+    """A dsmoe-n with trained-like statistics (a few steps of BN updates), exported into a temporary folder."""
     folder = tmp_path_factory.mktemp("export")
     torch.manual_seed(5)  # with the hybrid encoder, seeds 0-4 give near-tied boxes whose NMS outcome flips on 1e-4 px noise
     model = YOLO("dsmoe-n.yaml")
@@ -26,8 +28,13 @@ def exported(tmp_path_factory):
                     seq[-1].bias.fill_(0.0)
                     seq[-1].weight.mul_(2000.0)  # kept scores >= 7e-6 apart vs ~5e-7 ORT noise
     net.eval()
-    onnx = model.export(format="onnx", imgsz=64, dynamic=True, simplify=False)
-    return model, onnx
+    cwd = os.getcwd()
+    os.chdir(folder)  # a model built from a yaml exports into the working directory
+    try:
+        onnx = model.export(format="onnx", imgsz=64, dynamic=True, simplify=False)
+    finally:
+        os.chdir(cwd)
+    return model, str(folder / onnx)
 
 
 def test_dynamic_onnx_matches_pytorch_after_nms_on_another_shape(exported):

@@ -5,6 +5,7 @@ traced. Tracing must not turn tensors into Python values (that would freeze the 
 from __future__ import annotations
 
 import copy
+import importlib
 import io
 import warnings
 
@@ -15,7 +16,7 @@ from torch import nn
 
 ort = pytest.importorskip("onnxruntime")
 
-import ultralytics_dsmoe  # noqa: E402,F401  (registers the blocks; a no-op when the autoload hook already did)
+importlib.import_module("ultralytics_dsmoe")  # registers the blocks (a no-op when the autoload hook already did)
 from ultralytics_dsmoe.nn import (  # noqa: E402
     AnisotropicDSConv,
     ClassText,
