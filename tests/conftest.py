@@ -1,6 +1,7 @@
 """Test isolation: Ultralytics settings, weights and runs live in a throwaway folder, never in the user's home."""
 
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -10,6 +11,11 @@ import pytest
 _HOME = Path(tempfile.mkdtemp(prefix="dsmoe-tests-"))
 os.environ["YOLO_CONFIG_DIR"] = str(_HOME / "config")  # read once when ultralytics is imported
 os.environ.setdefault("YOLO_OFFLINE", "1")  # the suite never uses the network (tests that simulate one set their own)
+# Ultralytics' default datasets_dir is next to the git checkout (outside the project): point the throwaway settings
+# at a throwaway folder before any Ultralytics import reads them (DATASETS_DIR is bound at import).
+subprocess.run([sys.executable, "-c", "from ultralytics.utils import SETTINGS; "
+                f"SETTINGS.update(datasets_dir={str(_HOME / 'datasets')!r})"],
+               env={**os.environ, "ULTRALYTICS_DSMOE_AUTOLOAD": "0"}, check=True, capture_output=True)
 REPO = Path(__file__).resolve().parents[1]
 
 

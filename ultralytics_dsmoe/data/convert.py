@@ -439,7 +439,8 @@ def prepare(yaml: dict, source: str | Path | None = None) -> Path:
     if not release.exists():
         raise FileNotFoundError(f"{data}: release {release} does not exist")
     if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{data}: {out} exists but holds no complete dataset; move or delete it and retry "
+        state = "already holds a converted dataset" if (out / "images").is_dir() else "exists but holds no complete dataset"
+        raise FileExistsError(f"{data}: {out} {state}; move or delete it and retry, or give another --out "
                               "(if it is the downloaded release, move it elsewhere first)")
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}-", dir=out.parent) as tmp:
