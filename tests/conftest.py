@@ -11,10 +11,10 @@ import pytest
 _HOME = Path(tempfile.mkdtemp(prefix="dsmoe-tests-"))
 os.environ["YOLO_CONFIG_DIR"] = str(_HOME / "config")  # read once when ultralytics is imported
 os.environ.setdefault("YOLO_OFFLINE", "1")  # the suite never uses the network (tests that simulate one set their own)
-# Ultralytics' default datasets_dir is next to the git checkout (outside the project): point the throwaway settings
-# at a throwaway folder before any Ultralytics import reads them (DATASETS_DIR is bound at import).
-subprocess.run([sys.executable, "-c", "from ultralytics.utils import SETTINGS; "
-                f"SETTINGS.update(datasets_dir={str(_HOME / 'datasets')!r})"],
+# Ultralytics' default datasets, weights and runs folders sit in and beside the git checkout: point the throwaway
+# settings at throwaway folders before any Ultralytics import reads them (DATASETS_DIR and WEIGHTS_DIR bind at import).
+FOLDERS = {key: str(_HOME / key.split("_")[0]) for key in ("datasets_dir", "weights_dir", "runs_dir")}
+subprocess.run([sys.executable, "-c", f"from ultralytics.utils import SETTINGS; SETTINGS.update({FOLDERS!r})"],
                env={**os.environ, "ULTRALYTICS_DSMOE_AUTOLOAD": "0"}, check=True, capture_output=True)
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from conftest import REPO, run
 from ultralytics import YOLO
-from ultralytics.nn.tasks import yaml_model_load
+from ultralytics.nn.tasks import DetectionModel, yaml_model_load
 from ultralytics.utils import YAML
 
 from ultralytics_dsmoe import benchmark
@@ -82,9 +82,16 @@ def test_targets_are_judged_dsmoe_n_against_yolov8s_and_yolo26s():
     assert benchmark.judge({"yolov8n": y, "dsmoe-n": d}) == {}  # no reference in the run: nothing to judge
 
 
-def test_routing_report_counts_match_per_image_routing(dataset, tmp_path):
+@pytest.mark.parametrize("regions", [1, 2])
+def test_routing_report_counts_match_per_image_routing(dataset, tmp_path, regions):
+    """Per image and per region of a 2 x 2 grid: the report's counts equal routing each val image alone."""
     torch.manual_seed(0)
+    d = yaml_model_load("dsmoe-n.yaml")
+    for row in d["backbone"] + d["head"]:
+        if row[2] == "SparseMoE":
+            row[3] = [*row[3][:3], "switch", regions]
     model = YOLO("dsmoe-n.yaml")
+    model.model = DetectionModel(d, verbose=False)
     model.model.yaml["scale"] = "n"
     for m in model.model.modules():  # a spread of routings, as after training
         if isinstance(m, SparseMoE):
@@ -94,10 +101,13 @@ def test_routing_report_counts_match_per_image_routing(dataset, tmp_path):
     data = str(dataset / "set" / "data.yaml")
     report = routing_report(str(weights), data, "val", imgsz=64, batch=3, out=tmp_path / "r")
     assert (tmp_path / "r" / "routing.png").stat().st_size > 0
+    assert (tmp_path / "r" / "regions.png").is_file() == (regions > 1)
     assert json.loads((tmp_path / "r" / "routing.json").read_text())["experts_used"] == report["experts_used"]
-    assert report["images"] == 4 and report["k"] == 5 and abs(sum(report["share"]) - 1) < 1e-6
-    for name, row in report["usage"].items():  # each image picks k experts: a class's row sums to k
-        assert abs(sum(row) - 5 * (report["images_per_class"][name] > 0)) < 1e-5
+    assert report["images"] == 4 and report["units"] == 4 * regions**2 and report["k"] == 5
+    assert abs(sum(report["share"]) - 1) < 1e-6 and sum(report["units_per_class"].values()) >= report["units"]
+    for name, row in report["usage"].items():  # each unit picks k experts: a class's row sums to k
+        assert abs(sum(row) - 5) < 1e-5, name
+    assert 0 <= report["class_expert_nmi"] <= 1 and -1 <= report["expert_similarity"] <= 1
     # reference: route each val image alone and count
     from ultralytics.cfg import get_cfg
     from ultralytics.data import build_yolo_dataset
@@ -111,7 +121,7 @@ def test_routing_report_counts_match_per_image_routing(dataset, tmp_path):
     with torch.no_grad():
         for i in range(len(ds)):
             net(ds[i]["img"][None].float() / 255)
-            slots += F.one_hot(moe.last_routing[1], 32).sum((0, 1)).float()
+            slots += F.one_hot(moe.last_routing[1], 32).sum((0, 1)).float()  # (regions^2, k) per image
     assert torch.allclose(torch.tensor(report["share"]), slots / slots.sum(), atol=1e-6)
     assert report["experts_used"] == int((slots > 0).sum()) >= 5
     assert 1 - 1e-6 <= report["switch_loss"] <= 32 / 5 + 1e-6
@@ -208,3 +218,11 @@ def test_benchmark_checks_everything_before_training(dataset, tmp_path, monkeypa
     assert "device '7'" in message and "missing.pt: no such checkpoint" in message
     assert "yolov8n.yaml: --pretrained needs yolov8n.pt" in message and "mobile_sam.pt" in message
     assert "text_model 'nobody/an-uncached-llm' is not cached" in message
+
+
+def test_class_expert_nmi_is_one_for_private_experts_and_zero_for_shared_ones():
+    from ultralytics_dsmoe.routing import nmi
+
+    assert nmi(torch.tensor([[5.0, 0, 0], [0, 3, 0], [0, 0, 7]])) == pytest.approx(1.0)
+    assert nmi(torch.tensor([[2.0, 4, 6], [1, 2, 3]])) == pytest.approx(0.0, abs=1e-6)  # independent: P(c, e) = P(c) P(e)
+    assert 0 < nmi(torch.tensor([[4.0, 1], [1, 4]])) < 1

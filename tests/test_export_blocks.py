@@ -31,6 +31,7 @@ from ultralytics_dsmoe.nn import (  # noqa: E402
     SpaceBroadcast,
     SparseMoE,
 )
+from ultralytics_dsmoe.nn.moe import split_regions  # noqa: E402
 from ultralytics_dsmoe.nn.transient import AuxLossBlock  # noqa: E402
 
 TOL = 1e-4
@@ -58,7 +59,8 @@ class RoutedMoE(nn.Module):
         self.moe = moe
 
     def forward(self, f: torch.Tensor, t: torch.Tensor):
-        _, idx, gates, _ = self.moe.router(f, t)
+        s = self.moe.regions  # the router sees what SparseMoE gives it: each image, or each region of an s x s grid
+        _, idx, gates, _ = self.moe.router(split_regions(f, s, self.moe.c_in), t)
         return self.moe([f, t]), idx, gates
 
 
@@ -139,6 +141,12 @@ CASES = {
     ),
     "SparseMoE-bias": (  # loss-free balancing: the selection bias must select in ONNX Runtime as in PyTorch
         lambda: RoutedMoE(biased(SparseMoE([C, D], C, ne=8, k=3, balance="bias"))),
+        [fmap(C), text],
+        ["f", "t"],
+        ["y", "idx", "gates"],
+    ),
+    "SparseMoE-regions": (  # per-region routing, 3 x 3 grid: traced 12 x 16 and checked 20 x 28 maps pad by different amounts
+        lambda: RoutedMoE(SparseMoE([C, D], C, ne=8, k=3, regions=3)),
         [fmap(C), text],
         ["f", "t"],
         ["y", "idx", "gates"],

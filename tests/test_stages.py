@@ -1,5 +1,6 @@
 """The ten DS-MoE stages: reference numerics, gradients, text steering, per-stage ablation, fp16 and extreme inputs."""
 
+import functools
 import math
 
 import pytest
@@ -251,21 +252,55 @@ def test_moe_output_is_the_gated_sum_of_its_chosen_experts():
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
 
 
-def moe_flops(ne, k, c=64, hw=16):
-    moe = SparseMoE([c, 32], c, ne=ne, k=k).eval()
+def moe_flops(ne, k, c=64, hw=16, regions=1):
+    moe = SparseMoE([c, 32], c, ne=ne, k=k, regions=regions).eval()
     gflops = count_flops(lambda: moe([torch.randn(2, c, hw, hw), torch.randn(2, 4, 32)]))[0]
     return round(gflops * 1e9)  # the exact integer count: the equalities below compare FLOP differences exactly
 
 
-def test_moe_flops_grow_with_k_not_with_ne():
-    per_expert = (moe_flops(32, 4) - moe_flops(32, 2)) / 2
+@pytest.mark.parametrize("regions", [1, 4])
+def test_moe_flops_grow_with_k_not_with_ne(regions):
+    """Per image and per region of a 4 x 4 grid alike: each routed unit runs k experts over its own cells."""
+    flops = functools.partial(moe_flops, regions=regions)
+    per_expert = (flops(32, 4) - flops(32, 2)) / 2
     assert per_expert > 0
-    assert moe_flops(32, 8) - moe_flops(32, 4) == pytest.approx(4 * per_expert, rel=0.01)  # linear in k
-    # Ne only adds router keys (an MLP per expert text): a cost that does not grow with the image, unlike experts'
-    ne_cost = moe_flops(32, 2) - moe_flops(8, 2)
-    assert moe_flops(32, 2, hw=32) - moe_flops(8, 2, hw=32) == ne_cost
-    assert moe_flops(32, 4, hw=32) - moe_flops(32, 2, hw=32) == pytest.approx(4 * 2 * per_expert, rel=0.01)
-    assert moe_flops(32, 5, hw=32) <= 0.25 * moe_flops(32, 32, hw=32)
+    assert flops(32, 8) - flops(32, 4) == pytest.approx(4 * per_expert, rel=0.01)  # linear in k
+    # Ne only adds router keys (an MLP per expert text and routed unit): a cost that does not grow with the image
+    ne_cost = flops(32, 2) - flops(8, 2)
+    assert flops(32, 2, hw=32) - flops(8, 2, hw=32) == ne_cost
+    # an expert's cost scales with the pixels it runs on (up to its text shift, one per routed unit)
+    assert flops(32, 4, hw=32) - flops(32, 2, hw=32) == pytest.approx(4 * 2 * per_expert, rel=0.03)
+    assert flops(32, 5, hw=32) <= 0.25 * flops(32, 32, hw=32)
+    if regions > 1:  # the experts cost what they cost per image, up to the text shift added once per routed unit
+        assert per_expert == pytest.approx((moe_flops(32, 4) - moe_flops(32, 2)) / 2, rel=0.05)
+
+
+def test_regions_split_and_merge_are_inverse_on_any_map_size():
+    from ultralytics_dsmoe.nn.moe import merge_regions, split_regions
+
+    x = torch.randn(2, 3, 10, 7)
+    parts = split_regions(x, 3, 3)  # regions of ceil(10/3) x ceil(7/3) = 4 x 3 cells, zero-padded
+    assert parts.shape == (18, 3, 4, 3)
+    torch.testing.assert_close(parts[4], x[0, :, 4:8, 3:6])  # image 0, grid row 1, column 1
+    assert parts[8, :, 2:].abs().sum() == 0 and parts[8, :, :, 1:].abs().sum() == 0  # bottom-right: padding only
+    torch.testing.assert_close(merge_regions(parts, 3, 3, 10, 7), x)
+    assert split_regions(x, 1, 3) is x and merge_regions(x, 1, 3, 10, 7) is x
+
+
+def test_each_region_is_routed_on_its_own_content():
+    """Per-region routing: changing the features of one region changes that region's router probabilities only,
+    and two regions of one image can go to different experts."""
+    torch.manual_seed(0)
+    moe = SparseMoE([16, 8], 16, ne=8, k=2, regions=2).eval()
+    f, t = torch.randn(1, 16, 8, 8), torch.randn(1, 3, 8)
+    moe([f, t])
+    probs, idx = moe.last_routing  # (4 regions, Ne), (4, k)
+    assert probs.shape == (4, 8) and len({tuple(sorted(r.tolist())) for r in idx}) > 1
+    g = f.clone()
+    g[..., :4, 4:] = torch.randn(1, 16, 4, 4) * 3  # grid row 0, column 1
+    moe([g, t])
+    changed = (moe.last_routing[0] - probs).abs().amax(1) > 1e-6
+    assert changed.tolist() == [False, True, False, False]
 
 
 # ------------------------------------------------------------------------------------------- model-level behaviour

@@ -10,7 +10,8 @@ from torch import nn
 
 from .transient import AuxLossBlock, TransientState
 
-__all__ = ("ExpertRouter", "SparseMoE", "biased_routers", "switch_loss", "update_selection_biases")
+__all__ = ("ExpertRouter", "SparseMoE", "biased_routers", "merge_regions", "split_regions", "switch_loss",
+           "update_selection_biases")
 
 # Lowest router temperature. Routing logits are cosines in [-1, 1]: at tau = 0.01 their spread is 200, the softmax is
 # already one-hot in fp32 (exp(-200) underflows) and the router's gradient vanishes; the floor keeps it alive.
@@ -69,19 +70,21 @@ class ExpertRouter(TransientState):
         tau: initial temperature; also the fixed temperature of the balance term (``tau0``).
         balance: 'switch' (Switch load-balancing loss) or 'bias' (loss-free bias balancing).
         bias_rate: step of the selection bias per optimiser step (DeepSeek-V3's gamma, 1e-3, on scores in [0, 1]).
+        units: routed units per image in f (SparseMoE's regions, s^2; 1 = per image).
     """
 
     TRANSIENT = ("cos", "load")
-    balance, tau0, bias_rate = "switch", 0.1, 1e-3  # class defaults: routers pickled by plugin 0.1.0 lack them
+    balance, tau0, bias_rate, units = "switch", 0.1, 1e-3, 1  # class defaults: routers pickled by 0.1.0 lack them
 
     def __init__(self, c: int, d: int, ne: int = 32, k: int = 5, dg: int = 128, tau: float = 0.1,
-                 balance: str = "switch", bias_rate: float = 1e-3):
+                 balance: str = "switch", bias_rate: float = 1e-3, units: int = 1):
         super().__init__()
         if not 1 <= k <= ne:
             raise ValueError(f"ExpertRouter: top-k must be in [1, {ne}], got {k}")
         if balance not in BALANCE:
             raise ValueError(f"ExpertRouter: balance must be one of {BALANCE}, got {balance!r}")
         self.ne, self.k, self.balance, self.tau0, self.bias_rate = ne, k, balance, float(tau), float(bias_rate)
+        self.units = int(units)
         self.register_buffer("select_bias", torch.zeros(ne))  # b: stays 0 unless balance == 'bias'
         self.cos = self.load = None
         self.norm = nn.BatchNorm1d(2 * c, affine=False)
@@ -99,16 +102,21 @@ class ExpertRouter(TransientState):
     def descriptor(self, f: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, 2C) average- and max-pooled features, standardised across images."""
         pooled = torch.cat([f.mean((2, 3)), f.amax((2, 3))], 1)
-        if self.training and pooled.shape[0] == 1:  # a lone training sample has no batch statistics
-            n = self.norm
-            return F.batch_norm(pooled, n.running_mean, n.running_var, training=False, eps=n.eps)
-        return self.norm(pooled)
+        if self.training and pooled.shape[0] > 1:
+            return self.norm(pooled)  # batch statistics, and the running ones updated
+        # Running statistics (a lone training sample has no batch statistics), written out: exported, BatchNorm would
+        # need a static channel count, which the region reshapes do not keep.
+        n = self.norm
+        return (pooled - n.running_mean) / (n.running_var + n.eps).sqrt()
 
     def forward(self, f: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """F_b (B, C, H, W), T_hat (B, nc, d) -> probs (B, Ne), idx (B, k), gates (B, k), expert texts (B, Ne, d)."""
+        """F_b (B, C, H, W), T_hat (B / r, nc, d) -> probs (B, Ne), idx (B, k), gates (B, k), expert texts (B, Ne, d).
+        f holds r = ``units`` routed units per image (regions, image-major; 1 = the image itself): the expert keys,
+        which depend on the text alone, are computed once per image."""
         text = self.expert_text(t)
+        psi = repeat_units(F.normalize(self.psi(text).float(), dim=-1), self.units)  # (B, Ne, d_g)
+        text = repeat_units(text, self.units)
         phi = F.normalize(self.phi(self.descriptor(f)).float(), dim=-1)  # (B, d_g)
-        psi = F.normalize(self.psi(text).float(), dim=-1)  # (B, Ne, d_g)
         cos = torch.einsum("bg,beg->be", phi, psi)  # (B, Ne) in [-1, 1]
         probs = (cos / self.log_tau.exp().clamp_min(TAU_MIN)).softmax(-1)  # eq. 20
         idx = self.select(probs)
@@ -147,7 +155,7 @@ class ExpertRouter(TransientState):
 
 
 class SparseMoE(AuxLossBlock):
-    """Stage 8 (eqs. 21-24): per sample, only the k routed experts run.
+    """Stage 8 (eqs. 21-24): per image, or per region of the map, only the k routed experts run.
 
         E_1 (local, eq. 22)  = W_1 [sum_{k=3,5} DW_kx1(F_b^a) (+) sum_{k=3,5} DW_1xk(F_b^b)]
         E_2 (global, eq. 23) = W_2 [AvgPool_17(F_b^a) (+) AvgPool_33(F_b^b)]
@@ -176,25 +184,40 @@ class SparseMoE(AuxLossBlock):
     - optional router z-loss ``moe_zloss = mean(logsumexp(logits)^2)`` (ST-MoE), gain ``moe_zloss`` (default 0: off).
     ``last_routing`` holds the last forward's (probs, idx), detached, for routing reports.
 
+    Routing granularity (``regions``): 1 routes each image as a whole (eqs. 20-21). s > 1 cuts the map into an
+    s x s grid of regions (the most even split: regions of ceil(H/s) x ceil(W/s) cells, the map zero-padded to
+    whole regions and cropped after) and routes each region on its own descriptor, as MoECLIP routes patches: a
+    scratch and the background beside it can go to different experts. The expert inputs are computed on the whole
+    map first (the global experts' box means see across region borders); each region then runs the same sparse
+    path as an image does, so compute still grows with k and not Ne. A grid of fixed size, rather than regions of
+    fixed size, keeps the gathered expert weights (B s^2 k c2 c) independent of the resolution. Routing and the
+    balance terms count regions (B s^2 routing decisions per batch).
+
     Args:
         c1: [channels c of F_b, text width d].
         c2: output channels.
         ne: number of experts (2 task + ne - 2 cross-modal).
         k: experts per sample (paper: floor(log2 Ne) = 5).
         balance: load-balancing scheme, 'switch' or 'bias' (see above).
+        regions: routing grid side s: 1 = per image (the paper), s > 1 = per region of an s x s grid.
     """
 
     # Switch Transformer's balance coefficient (Fedus et al. 2021); ST-MoE's z-loss coefficient is 1e-3 (off by default)
     AUX_LOSSES = {"moe_loss": ("moe_balance", 0.01), "moe_zloss": ("moe_zloss", 0.0)}
     TRANSIENT = ("saved", "last_routing")
+    # class defaults: blocks pickled before routing granularity existed route per image (and never need c_in, c_out)
+    regions, c_in, c_out = 1, 0, 0
 
-    def __init__(self, c1: list[int], c2: int, ne: int = 32, k: int = 5, balance: str = "switch"):
+    def __init__(self, c1: list[int], c2: int, ne: int = 32, k: int = 5, balance: str = "switch", regions: int = 1):
         super().__init__()
         c, d = c1
         if ne < 3:
             raise ValueError(f"SparseMoE needs the 2 task experts and at least one cross-modal expert, got ne={ne}")
-        self.ne, self.k, self.half = ne, k, c // 2
-        self.router = ExpertRouter(c, d, ne, k, balance=balance)
+        if int(regions) != regions or regions < 1:
+            raise ValueError(f"SparseMoE regions is the side of the routing grid, an integer >= 1, got {regions!r}")
+        self.ne, self.k, self.half, self.regions = ne, k, c // 2, int(regions)
+        self.c_in, self.c_out = c, c2  # Python ints: the region reshapes keep channels static when exported
+        self.router = ExpertRouter(c, d, ne, k, balance=balance, units=self.regions**2)
         a, b = self.half, c - self.half
         self.local_h = nn.ModuleList(nn.Conv2d(a, a, (s, 1), padding=(s // 2, 0), groups=a, bias=False) for s in (3, 5))
         self.local_v = nn.ModuleList(nn.Conv2d(b, b, (1, s), padding=(0, s // 2), groups=b, bias=False) for s in (3, 5))
@@ -222,27 +245,52 @@ class SparseMoE(AuxLossBlock):
         return torch.stack([local, pooled, f], 1)
 
     def forward(self, x: list[torch.Tensor]) -> torch.Tensor:
-        """[F_b (B, c, H, W), T_hat (B, nc, d)] -> F_MoE (B, c2, H, W)."""
+        """[F_b (B, c, H, W), T_hat (B, nc, d)] -> F_MoE (B, c2, H, W).
+
+        Below, B counts routed units: images, or B * s^2 regions of (H, W) = (ceil(H/s), ceil(W/s)) cells."""
         f, t = x
+        s, (h, w) = self.regions, f.shape[-2:]
+        c = self.c_in
+        inputs = split_regions(self.expert_inputs(f).flatten(1, 2), s, 3 * c).unflatten(1, (3, -1))  # (B, 3, c, H, W)
+        f = split_regions(f, s, c)
         probs, idx, gates, text = self.router(f, t)
-        pick = self.chosen(idx)
-        kind = pick(self.kind)  # (B, k)
-        xs = torch.einsum("bkt,btchw->bkchw", F.one_hot(kind, 3).to(f.dtype), self.expert_inputs(f))
-        y = torch.einsum("bkoc,bkchw->bkohw", pick(self.weight).to(f.dtype), xs)  # only the k chosen W_e run
-        text_k = torch.gather(text, 1, idx.unsqueeze(-1).expand(-1, -1, text.shape[-1]))  # (B, k, d)
-        cross = (kind == 2).to(f.dtype)[..., None]  # (B, k, 1)
-        w_t = pick(self.text_weight)
-        shift = pick(self.bias) + cross * torch.einsum("bkod,bkd->bko", w_t, text_k.to(w_t.dtype))
-        y = y + shift.to(f.dtype)[..., None, None]
-        normed = (y - y.mean(2, keepdim=True)) / (y.var(2, keepdim=True, unbiased=False) + 1e-5).sqrt()
-        normed = normed * pick(self.ln_weight).to(f.dtype)[..., None, None] + pick(self.ln_bias).to(f.dtype)[..., None, None]
-        cross = cross[..., None, None]
-        y = cross * normed + (1 - cross) * y  # LayerNorm for cross-modal experts only (eq. 24)
+        y = self.experts(inputs, idx, text)  # (B, k, c2, H, W)
         out = torch.einsum("bk,bkohw->bohw", gates.to(f.dtype), y)
         self.remember(self.router.cos, idx)
         if not torch.jit.is_tracing():
             self.last_routing = (probs.detach(), idx.detach())
-        return out
+        return merge_regions(out, s, self.c_out, h, w)
+
+    def experts(self, inputs: torch.Tensor, idx: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Expert inputs (B, 3, c, H, W), chosen experts idx (B, k), expert texts (B, Ne, d) -> E_i (B, k, c2, H, W):
+        the outputs of the chosen experts only (eqs. 22-24), before gating."""
+        dtype = inputs.dtype
+        pick = self.chosen(idx)
+        kind = pick(self.kind)  # (B, k)
+        xs = torch.einsum("bkt,btchw->bkchw", F.one_hot(kind, 3).to(dtype), inputs)
+        y = torch.einsum("bkoc,bkchw->bkohw", pick(self.weight).to(dtype), xs)  # only the k chosen W_e run
+        text_k = torch.gather(text, 1, idx.unsqueeze(-1).expand(-1, -1, text.shape[-1]))  # (B, k, d)
+        cross = (kind == 2).to(dtype)[..., None]  # (B, k, 1)
+        w_t = pick(self.text_weight)
+        shift = pick(self.bias) + cross * torch.einsum("bkod,bkd->bko", w_t, text_k.to(w_t.dtype))
+        y = y + shift.to(dtype)[..., None, None]
+        normed = (y - y.mean(2, keepdim=True)) / (y.var(2, keepdim=True, unbiased=False) + 1e-5).sqrt()
+        normed = normed * pick(self.ln_weight).to(dtype)[..., None, None] + pick(self.ln_bias).to(dtype)[..., None, None]
+        cross = cross[..., None, None]
+        return cross * normed + (1 - cross) * y  # LayerNorm for cross-modal experts only (eq. 24)
+
+    @torch.no_grad()
+    def expert_similarity(self, f: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Mean pairwise cosine similarity of all Ne experts' outputs on the same input (B routed units, each
+        expert's (c2, H, W) output flattened): 1 = interchangeable experts. Runs every expert: for reports only."""
+        s, c = self.regions, self.c_in
+        inputs = split_regions(self.expert_inputs(f).flatten(1, 2), s, 3 * c).unflatten(1, (3, -1))
+        f, text = split_regions(f, s, c), repeat_units(self.router.expert_text(t), s * s)
+        every = torch.arange(self.ne, device=f.device).expand(len(f), -1)
+        y = F.normalize(self.experts(inputs, every, text).flatten(2).float(), dim=-1)  # (B, Ne, c2 H W)
+        sim = y @ y.transpose(1, 2)  # (B, Ne, Ne)
+        off = ~torch.eye(self.ne, dtype=torch.bool, device=f.device)
+        return sim[:, off].mean()
 
     def aux_losses(self) -> dict[str, torch.Tensor]:
         cos, idx = self.saved  # (B, Ne) cosines, (B, k) chosen experts
@@ -266,6 +314,33 @@ class SparseMoE(AuxLossBlock):
         """Switch load balance of one batch: probs (B, Ne), idx (B, k) -> scalar."""
         share = F.one_hot(idx, self.ne).float().sum(1).mean(0) / self.k  # f_e
         return switch_loss(share, probs.float().mean(0))
+
+
+def repeat_units(x: torch.Tensor, r: int) -> torch.Tensor:
+    """(B, ...) -> (B r, ...): each image's row repeated for its r routed units (``repeat_interleave`` as an expand,
+    which exports without a repeats input)."""
+    return x.unsqueeze(1).expand(-1, r, *[-1] * (x.dim() - 1)).flatten(0, 1)
+
+
+def split_regions(x: torch.Tensor, s: int, c: int) -> torch.Tensor:
+    """(B, c, H, W) -> (B s^2, c, ceil(H/s), ceil(W/s)): an s x s grid of regions, row-major per image, the map
+    zero-padded at the bottom and right to whole regions. ``c`` is the channel count as a Python int, so an exported
+    graph keeps it static (BatchNorm needs it). s = 1 returns the map itself."""
+    if s == 1:
+        return x
+    b, _, h, w = x.shape
+    gh, gw = (h + s - 1) // s, (w + s - 1) // s
+    x = F.pad(x, (0, gw * s - w, 0, gh * s - h))
+    return x.view(b, c, s, gh, s, gw).permute(0, 2, 4, 1, 3, 5).reshape(-1, c, gh, gw)
+
+
+def merge_regions(x: torch.Tensor, s: int, c: int, h, w) -> torch.Tensor:
+    """Inverse of ``split_regions``: (B s^2, c, gh, gw) -> (B, c, h, w), the padding cropped."""
+    if s == 1:
+        return x
+    gh, gw = x.shape[-2:]
+    x = x.view(-1, s, s, c, gh, gw).permute(0, 3, 1, 4, 2, 5).reshape(-1, c, s * gh, s * gw)
+    return x[..., :h, :w]
 
 
 def biased_routers(model: nn.Module) -> list[ExpertRouter]:
