@@ -269,11 +269,22 @@ def markdown(report: dict) -> str:
                          f"{r['recall']:.3f} | {r['f1']:.3f} |")
     routing = {k: r["routing"] for k, r in report["models"].items() if r.get("routing")}
     if routing:
-        lines += ["", "## Expert routing (report split)", "", "| model | experts used | max share | normalised entropy | Switch loss |",
-                  "|---|---:|---:|---:|---:|"]
-        lines += [f"| {k} | {v['experts_used']}/{v['experts']} | {v['max_share']:.2f} | {v['entropy']:.2f} | {v['switch_loss']:.2f} |"
+        lines += ["", "## Expert routing (report split)", "",
+                  "| model | routed per | experts used | max share | normalised entropy | Switch loss | class-expert NMI | "
+                  "expert similarity |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {k} | {routed_per(v)} | {v['experts_used']}/{v['experts']} | {v['max_share']:.2f} | {v['entropy']:.2f} | "
+                  f"{v['switch_loss']:.2f} | {fmt(v.get('class_expert_nmi'))} | {fmt(v.get('expert_similarity'))} |"
                   for k, v in routing.items()]
     return "\n".join(lines) + "\n"
+
+
+def routed_per(routing: dict) -> str:
+    s = routing.get("regions", 1)
+    return "image" if s == 1 else f"region ({s} x {s})"
+
+
+def fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"  # reports written before the figure existed lack it
 
 
 def spread(r: dict) -> str:
