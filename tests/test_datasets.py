@@ -310,19 +310,26 @@ def no_download(*args, **kwargs):
     raise AssertionError("nothing may be downloaded here")
 
 
-def test_missing_release_says_where_to_get_it(tmp_path, monkeypatch):
-    """A release without a stable direct url (NEU-DET) is never downloaded, online or not."""
+def first_use(tmp_path, monkeypatch, online: bool, download):
+    """Ultralytics' data check as on a user's first use: online or not, the download stood in by ``download``, an
+    empty datasets_dir under ``tmp_path`` and ``tmp_path`` as the working directory."""
     from ultralytics import utils
     from ultralytics.data import utils as data_utils
 
     from ultralytics_dsmoe.data import convert
 
-    monkeypatch.setattr(utils, "ONLINE", True)
-    monkeypatch.setattr(convert, "safe_download", no_download)
+    monkeypatch.setattr(utils, "ONLINE", online)
+    monkeypatch.setattr(convert, "safe_download", download)
     monkeypatch.setattr(data_utils, "DATASETS_DIR", tmp_path / "datasets")
     monkeypatch.chdir(tmp_path)
+    return data_utils.check_det_dataset
+
+
+def test_missing_release_says_where_to_get_it(tmp_path, monkeypatch):
+    """A release without a stable direct url (NEU-DET) is never downloaded, online or not."""
+    check = first_use(tmp_path, monkeypatch, True, no_download)
     with pytest.raises(FileNotFoundError) as e:
-        data_utils.check_det_dataset("neu-det.yaml")
+        check("neu-det.yaml")
     message = str(e.value)
     for text in ("neu-det.yaml", "http://faculty.neu.edu.cn", "NEU-DET.zip, NEU-DET", str(tmp_path / "datasets"),
                  str(tmp_path), str(REPO / "datasets"), "dsmoe convert neu-det.yaml"):
@@ -335,26 +342,18 @@ DEEPPCB_URL = YAML.load(REPO / "datasets/deeppcb.yaml")["source"]["download"]
 
 def test_online_first_use_downloads_the_release_and_converts_it(tmp_path, monkeypatch):
     """Online, `data=deeppcb.yaml` downloads DeepPCB-master.zip into datasets_dir once, then converts it."""
-    from ultralytics import utils
-    from ultralytics.data import utils as data_utils
-
-    from ultralytics_dsmoe.data import convert
-
     calls, github = [], deeppcb_release(tmp_path / "github").parent
 
     def fake_download(url, file, dir, unzip):  # what GitHub would serve: the repository as one folder in a zip
         calls.append((url, file, dir, unzip))
         return Path(shutil.make_archive(str(dir / Path(file).stem), "zip", github, "DeepPCB-master"))
 
-    monkeypatch.setattr(utils, "ONLINE", True)
-    monkeypatch.setattr(convert, "safe_download", fake_download)
-    monkeypatch.setattr(data_utils, "DATASETS_DIR", tmp_path / "datasets")
-    monkeypatch.chdir(tmp_path)
-    data_utils.check_det_dataset("deeppcb.yaml")
+    check = first_use(tmp_path, monkeypatch, True, fake_download)
+    check("deeppcb.yaml")
     assert calls == [(DEEPPCB_URL, "DeepPCB-master.zip", tmp_path / "datasets", False)]
     assert counts(tmp_path / "datasets/dsmoe-deeppcb") == {"train": (3, 3), "val": (1, 1), "test": (2, 2)}
     shutil.rmtree(tmp_path / "datasets/dsmoe-deeppcb")
-    data_utils.check_det_dataset("deeppcb.yaml")  # the kept archive is found: no second download
+    check("deeppcb.yaml")  # the kept archive is found: no second download
     assert len(calls) == 1 and (tmp_path / "datasets/dsmoe-deeppcb/images/test").is_dir()
 
 
@@ -367,17 +366,9 @@ def failed_download(*args, **kwargs):
     (True, failed_download, "Downloading it failed: Download failure for"),
 ])
 def test_offline_or_failed_download_says_where_to_get_it(tmp_path, monkeypatch, online, download, note):
-    from ultralytics import utils
-    from ultralytics.data import utils as data_utils
-
-    from ultralytics_dsmoe.data import convert
-
-    monkeypatch.setattr(utils, "ONLINE", online)
-    monkeypatch.setattr(convert, "safe_download", download)
-    monkeypatch.setattr(data_utils, "DATASETS_DIR", tmp_path / "datasets")
-    monkeypatch.chdir(tmp_path)
+    check = first_use(tmp_path, monkeypatch, online, download)
     with pytest.raises(FileNotFoundError) as e:
-        data_utils.check_det_dataset("deeppcb.yaml")
+        check("deeppcb.yaml")
     for text in ("deeppcb.yaml (DeepPCB): release not found", note, f"Download it from {DEEPPCB_URL}",
                  "DeepPCB-master.zip", "dsmoe convert deeppcb.yaml"):
         assert text in str(e.value)

@@ -249,17 +249,22 @@ class SparseMoE(AuxLossBlock):
 
         Below, B counts routed units: images, or B * s^2 regions of (H, W) = (ceil(H/s), ceil(W/s)) cells."""
         f, t = x
-        s, (h, w) = self.regions, f.shape[-2:]
-        c = self.c_in
-        inputs = split_regions(self.expert_inputs(f).flatten(1, 2), s, 3 * c).unflatten(1, (3, -1))  # (B, 3, c, H, W)
-        f = split_regions(f, s, c)
+        h, w = f.shape[-2:]
+        inputs, f = self.routed_units(f)  # (B, 3, c, H, W), (B, c, H, W)
         probs, idx, gates, text = self.router(f, t)
         y = self.experts(inputs, idx, text)  # (B, k, c2, H, W)
         out = torch.einsum("bk,bkohw->bohw", gates.to(f.dtype), y)
         self.remember(self.router.cos, idx)
         if not torch.jit.is_tracing():
             self.last_routing = (probs.detach(), idx.detach())
-        return merge_regions(out, s, self.c_out, h, w)
+        return merge_regions(out, self.regions, self.c_out, h, w)
+
+    def routed_units(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """F_b (B, c, H, W) -> the expert inputs (U, 3, c, h, w) and F_b (U, c, h, w) of the U = B s^2 routed units.
+        The expert inputs are computed on the whole map first: the global experts' box means cross region borders."""
+        s, c = self.regions, self.c_in
+        inputs = split_regions(self.expert_inputs(f).flatten(1, 2), s, 3 * c).unflatten(1, (3, -1))
+        return inputs, split_regions(f, s, c)
 
     def experts(self, inputs: torch.Tensor, idx: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """Expert inputs (B, 3, c, H, W), chosen experts idx (B, k), expert texts (B, Ne, d) -> E_i (B, k, c2, H, W):
@@ -283,9 +288,8 @@ class SparseMoE(AuxLossBlock):
     def expert_similarity(self, f: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Mean pairwise cosine similarity of all Ne experts' outputs on the same input (B routed units, each
         expert's (c2, H, W) output flattened): 1 = interchangeable experts. Runs every expert: for reports only."""
-        s, c = self.regions, self.c_in
-        inputs = split_regions(self.expert_inputs(f).flatten(1, 2), s, 3 * c).unflatten(1, (3, -1))
-        f, text = split_regions(f, s, c), repeat_units(self.router.expert_text(t), s * s)
+        inputs, f = self.routed_units(f)
+        text = repeat_units(self.router.expert_text(t), self.regions**2)
         every = torch.arange(self.ne, device=f.device).expand(len(f), -1)
         y = F.normalize(self.experts(inputs, every, text).flatten(2).float(), dim=-1)  # (B, Ne, c2 H W)
         sim = y @ y.transpose(1, 2)  # (B, Ne, Ne)
