@@ -197,6 +197,32 @@ def test_class_name_changes_re_embed_and_same_names_reuse(tiny_qwen, monkeypatch
     assert len(calls) == 4 and class_text(model).text_source["encoder"].endswith("|last")
 
 
+def test_text_controls_shuffle_or_randomise_the_embeddings_and_are_never_reused_as_real(tiny_qwen, monkeypatch):
+    """text_control (the benchmark's test of the LLM's semantics): 'shuffled' gives every class another class's
+    embedding, 'random' a random direction of the same norm; a model filled under one control re-embeds for another."""
+    calls = count_encodes(monkeypatch)
+    filled = {}
+    for control in text.CONTROLS:
+        model = model_with(tiny_qwen)
+        model.yaml["text_control"] = control
+        text.fill_text(model, NAMES)
+        filled[control] = class_text(model).embeddings[:, :64].clone()
+        assert class_text(model).text_source.get("control", "real") == control
+    real, shuffled, random = filled["real"], filled["shuffled"], filled["random"]
+    assert len(calls) == 1  # the prompts were embedded once; the controls are made from the cached embeddings
+    for c in range(len(NAMES)):
+        torch.testing.assert_close(shuffled[c], real[c - 1])
+        assert not torch.allclose(shuffled[c], real[c])
+    torch.testing.assert_close(random.norm(dim=1), real.norm(dim=1))
+    assert (torch.nn.functional.cosine_similarity(random, real, dim=1).abs() < 0.5).all()
+    model.yaml["text_control"] = "real"  # the last model holds 'random': asking for real embeds, never reuses
+    text.fill_text(model, NAMES)
+    torch.testing.assert_close(class_text(model).embeddings[:, :64], real)
+    model.yaml["text_control"] = "swapped"
+    with pytest.raises(ValueError, match="text_control: 'swapped' is not one of real, shuffled, random"):
+        text.fill_text(model, NAMES)
+
+
 def test_checkpoint_round_trip_keeps_text_and_predictions(tiny_qwen):
     model = model_with(tiny_qwen)
     text.fill_text(model, NAMES)

@@ -18,6 +18,13 @@ Verdicts compare dsmoe-n with yolov8s and with yolo26s. A latency verdict is giv
 limit: met when even dsmoe-n's slowest round against the reference's fastest is within it, missed when even its
 fastest against the reference's slowest is not, and unclear otherwise.
 
+``--finetune-from base.pt`` asks what the DS-MoE stages add to a YOLO model you already trained: from that one
+checkpoint it fine-tunes, with the identical recipe and seeds, the stock model and its DS-MoE upgrade
+(``ultralytics_dsmoe.upgrade``), the upgrade's stage ablation (the paper's columns: + text guidance, + Poincare
+alignment, + sparse experts, + QFocal = the full upgrade) and two text controls on the full upgrade (the class
+prompts shuffled between classes, and random vectors of the same norm). ``--seeds 0 1 2`` repeats every run; the
+report gives mean and standard deviation, and each variant's paired gain over the stock model seed by seed.
+
 DS-MoE models also get a routing report (``ultralytics_dsmoe.routing``). ``--topk 1 2 4 5 8 16 32`` trains the
 DS-MoE config once per top-k instead (the paper's Table 5). Writes ``results.json``, ``results.md`` and
 ``results.png`` to ``--out``; each run folder is under ``--out/runs``. The dataset is read through a folder of
@@ -85,6 +92,60 @@ def stage_dataset(data: str, out: Path, gamma: float | None) -> Path:
     return yaml_file
 
 
+STAGE_COLUMNS = {  # the paper's ablation columns on a fixed YOLO backbone, in order: each adds to the one before
+    "text": "+ text guidance: stages 1-4, 6, 9-10 (Euclidean alignment, a dense conv for the experts, BCE)",
+    "hyperbolic": "+ Poincare alignment (stage 5)",
+    "experts": "+ sparse experts (stages 7-8)",
+    "qfocal": "+ QFocal: the full upgrade",
+}
+TEXT_CONTROLS = ("shuffled", "random")  # on the full upgrade: are the prompts' semantics what helps?
+
+
+def ablate(d: dict, column: str) -> dict:
+    """An upgrade config dict cut back to one of ``STAGE_COLUMNS`` (in place): later columns' stages are replaced by
+    what the paper's earlier columns use (Ultralytics' BCE for QFocal, a dense 1x1 CBS for the experts, Euclidean for
+    the Poincare ball)."""
+    order = list(STAGE_COLUMNS)
+    upto = order.index(column)
+    if upto < order.index("qfocal"):
+        d["loss"] = "default"
+    for row in d["backbone"] + d["head"]:
+        if row[2] == "SparseMoE" and upto < order.index("experts"):
+            row[1:] = [1, "Conv", [row[3][0], 1, 1]]
+            row[0] = row[0][0]  # the dense conv reads F_b only, not the text
+        if row[2] == "HyperbolicAlign" and upto < order.index("hyperbolic"):
+            row[3] = [*row[3][:3], "euclidean"]
+    return d
+
+
+def finetune_variants(base: str, out: Path) -> dict[str, str]:
+    """Name -> model of every run ``--finetune-from base`` trains: the base checkpoint itself (the stock fine-tune),
+    then the DS-MoE upgrade config at the base's scale cut to each stage column, then the text controls."""
+    from ultralytics.nn.tasks import load_checkpoint, yaml_model_load
+    from ultralytics.utils import YAML
+
+    from ultralytics_dsmoe.upgrade import upgrade_model
+
+    source, _ = load_checkpoint(base)
+    _, cfg = upgrade_model(source)  # the matching upgrade config; a base that does not match fails here, untrained
+    scale = source.yaml.get("scale") or "n"
+    stem = f"{Path(cfg).stem}{scale}"  # dsmoe-v8s
+    variants = {Path(str(source.yaml.get("yaml_file", "base"))).stem or "base": str(Path(base).resolve())}
+    out.mkdir(parents=True, exist_ok=True)
+    for column in (*STAGE_COLUMNS, *TEXT_CONTROLS):
+        d = yaml_model_load(cfg)
+        d.pop("yaml_file", None)
+        d["scale"] = scale
+        if column in STAGE_COLUMNS:
+            ablate(d, column)
+        else:
+            d["text_control"] = column
+        name = stem if column == "qfocal" else f"{stem}-{column}"
+        YAML.save(out / f"{name}.yaml", d)
+        variants[name] = str(out / f"{name}.yaml")
+    return variants
+
+
 def model_yaml(model: str, out: Path, pretrained: bool, topk: int | None = None) -> str:
     """The exact architecture a run trains, written to ``out/<name>.yaml`` (a ``.pt`` model is used as given).
 
@@ -109,6 +170,14 @@ def model_yaml(model: str, out: Path, pretrained: bool, topk: int | None = None)
     out.mkdir(parents=True, exist_ok=True)
     YAML.save(out / f"{name}.yaml", d)
     return str(out / f"{name}.yaml")
+
+
+def has_experts(model: str) -> bool:
+    """Whether a model config routes through sparse experts (then the benchmark reports its routing)."""
+    from ultralytics.nn.tasks import yaml_model_load
+
+    return model.endswith(".yaml") and any(row[2] == "SparseMoE" for row in yaml_model_load(model)["backbone"] +
+                                           yaml_model_load(model)["head"])
 
 
 def train_and_evaluate(spec: dict) -> dict:
@@ -146,7 +215,9 @@ def train_and_evaluate(spec: dict) -> dict:
                              project=spec["project"], name=f"{spec['name']}-{spec['split']}", exist_ok=True)
     p, r = float(metrics.box.mp), float(metrics.box.mr)
     steps = clock["steps"][min(3, len(clock["steps"]) - 1):]  # the first steps pay for lazy initialisation
+    gains = [m.gain.detach().float().abs() for m in YOLO(best).model.modules() if type(m).__name__ == "ResidualGate"]
     return {
+        "gate_mean_abs": float(torch.cat(gains).mean()) if gains else None,  # upgrades: how far training opened the gate
         "best": best, "map50": float(metrics.box.map50), "map50_95": float(metrics.box.map),
         "precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0,
         "per_class_map50_95": {metrics.names[int(c)]: float(metrics.box.maps[c]) for c in metrics.ap_class_index},
@@ -218,6 +289,40 @@ def measure_inference(results: dict, imgsz: int, device: str, reps: int) -> None
         results[name].update(ort_ms=t["median"], ort_min_ms=t["min"], ort_max_ms=t["max"])
 
 
+COST_KEYS = ("params_M", "gflops", "onnx", "ort_provider", "eager_ms", "ort_ms", "ort_min_ms", "ort_max_ms")
+GAIN_TARGET_PP, COST_LIMIT = 1.5, 1.15  # the upgrade's targets: mAP50-95 gain beyond the seed spread, cost vs stock
+
+
+def finetune_summary(results: dict, variants: list[str], seeds: list[int], base: str) -> dict:
+    """Per variant: mean and std over seeds of mAP50 and mAP50-95, the paired gain over the stock model (the first
+    variant) seed by seed, and its GFLOPs and ONNX Runtime latency against the stock model's.
+
+    A gain counts (``beyond_spread``) only when its mean exceeds its standard deviation over seeds; the upgrade's
+    accuracy target is met when mean - std >= ``GAIN_TARGET_PP`` for the full upgrade."""
+    stock = variants[0]
+    rows = {}
+    for v in variants:
+        runs = [results[f"{v}-seed{s}"] for s in seeds]
+        gains = [100 * (r["map50_95"] - results[f"{stock}-seed{s}"]["map50_95"]) for r, s in zip(runs, seeds)]
+        mean_gain, std_gain = statistics.mean(gains), statistics.stdev(gains) if len(gains) > 1 else 0.0
+        rows[v] = {"map50": mean_std([r["map50"] for r in runs]), "map50_95": mean_std([r["map50_95"] for r in runs]),
+                   "gain_pp": [mean_gain, std_gain], "beyond_spread": v != stock and abs(mean_gain) > std_gain,
+                   "gflops_ratio": runs[0]["gflops"] / results[f"{stock}-seed{seeds[0]}"]["gflops"],
+                   "ort_ratio": runs[0]["ort_ms"] / results[f"{stock}-seed{seeds[0]}"]["ort_ms"]}
+    full = next((v for v in variants[1:] if v.rsplit("-", 1)[-1] not in (*STAGE_COLUMNS, *TEXT_CONTROLS)), None)
+    targets = {}
+    if full:
+        (gain, std), r = rows[full]["gain_pp"], rows[full]
+        targets = {f"{full} mAP50-95 gain - std (pp)": [gain - std, GAIN_TARGET_PP, gain - std >= GAIN_TARGET_PP],
+                   f"{full} GFLOPs vs {stock}": [r["gflops_ratio"], COST_LIMIT, r["gflops_ratio"] <= COST_LIMIT],
+                   f"{full} ONNX Runtime latency vs {stock}": [r["ort_ratio"], COST_LIMIT, r["ort_ratio"] <= COST_LIMIT]}
+    return {"base": base, "stock": stock, "seeds": seeds, "variants": rows, "targets": targets}
+
+
+def mean_std(values: list[float]) -> list[float]:
+    return [statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0]
+
+
 def judge(results: dict) -> dict:
     """The targets, dsmoe-n against each reference in ``REFERENCES`` that was benchmarked in the same run.
 
@@ -267,6 +372,22 @@ def markdown(report: dict) -> str:
             r = report["models"][name]
             lines.append(f"| {k} | {r['map50']:.3f} | {r['eager_ms']:.1f} | {r['ort_ms']:.1f} | {r['gflops']:.2f} | "
                          f"{r['recall']:.3f} | {r['f1']:.3f} |")
+    if report.get("finetune"):
+        f = report["finetune"]
+        lines += ["", f"## Fine-tuned from {Path(f['base']).name} (seeds {', '.join(map(str, f['seeds']))})", "",
+                  "Every variant starts from the same checkpoint and trains with the recipe above. Gain: mAP50-95 minus the "
+                  f"stock model's, paired seed by seed, mean +- std (pp); 'counts' when |mean| > std. Cost: against "
+                  f"{f['stock']}.", "",
+                  "| variant | what it adds | mAP50 | mAP50-95 | gain (pp) | counts | GFLOPs x | ORT latency x |",
+                  "|---|---|---:|---:|---:|---|---:|---:|"]
+        for v, r in f["variants"].items():
+            what = "stock fine-tune" if v == f["stock"] else column_label(v)
+            lines.append(f"| {v} | {what} | {r['map50'][0]:.3f} +- {r['map50'][1]:.3f} | {r['map50_95'][0]:.3f} +- "
+                         f"{r['map50_95'][1]:.3f} | {r['gain_pp'][0]:+.2f} +- {r['gain_pp'][1]:.2f} | "
+                         f"{'-' if v == f['stock'] else 'yes' if r['beyond_spread'] else 'no'} | {r['gflops_ratio']:.3f} | "
+                         f"{r['ort_ratio']:.2f} |")
+        lines += ["", "| upgrade target | measured | limit | met |", "|---|---:|---:|---|"]
+        lines += [f"| {k} | {v:.3f} | {lim} | {'yes' if met else 'no'} |" for k, (v, lim, met) in f["targets"].items()]
     routing = {k: r["routing"] for k, r in report["models"].items() if r.get("routing")}
     if routing:
         lines += ["", "## Expert routing (report split)", "",
@@ -276,6 +397,13 @@ def markdown(report: dict) -> str:
                   f"{v['switch_loss']:.2f} | {fmt(v.get('class_expert_nmi'))} | {fmt(v.get('expert_similarity'))} |"
                   for k, v in routing.items()]
     return "\n".join(lines) + "\n"
+
+
+def column_label(variant: str) -> str:
+    suffix = variant.rsplit("-", 1)[-1]
+    if suffix in TEXT_CONTROLS:
+        return f"full upgrade, text control: {suffix}"
+    return STAGE_COLUMNS.get(suffix, STAGE_COLUMNS["qfocal"])
 
 
 def routed_per(routing: dict) -> str:
@@ -380,33 +508,45 @@ def benchmark(a: argparse.Namespace, argv: list[str]) -> dict:
     recipe = {k: v for k, v in YAML.load(checks.check_yaml(a.cfg)).items()} if a.cfg else {}
     train = {**recipe, "imgsz": a.imgsz, "epochs": a.epochs, "batch": a.batch, "seed": a.seed, "device": a.device,
              "workers": a.workers, "pretrained": a.pretrained, "fraction": a.fraction}
-    if a.topk:
+    seeds = a.seeds or [a.seed]
+    if a.finetune_from:
+        variants = finetune_variants(a.finetune_from, out / "models")
+        runs = {f"{v}-seed{seed}": (m, seed) for v, m in variants.items() for seed in seeds}
+    elif a.topk:
         base = next((m for m in a.models if Path(m).stem.startswith("dsmoe")), "dsmoe-n.yaml")
-        models = [model_yaml(base, out / "models", a.pretrained, k) for k in a.topk]
+        runs = {Path(m).stem: (m, a.seed) for m in (model_yaml(base, out / "models", a.pretrained, k) for k in a.topk)}
     else:
-        models = [model_yaml(m, out / "models", a.pretrained) for m in a.models]
-    preflight(models, a.device, a.pretrained)
+        runs = {Path(m).stem: (m, a.seed) for m in (model_yaml(m, out / "models", a.pretrained) for m in a.models)}
+    preflight([m for m, _ in runs.values()], a.device, a.pretrained)
     results = {}
-    for model in models:
-        name = Path(model).stem
+    for name, (model, seed) in runs.items():
         weights = a.pretrained and model.endswith(".yaml") and not name.startswith("dsmoe")  # YOLO: its COCO .pt
+        pretrained = str(Path(a.finetune_from).resolve()) if a.finetune_from else f"{name}.pt" if weights else a.pretrained
         spec = {"model": model, "data": str(data), "project": str(out / "runs"), "name": name, "split": split,
-                "train": {**train, "pretrained": f"{name}.pt" if weights else a.pretrained}}
+                "train": {**train, "seed": seed, "pretrained": pretrained}}
         results[name] = run_worker(spec, out / "runs")
-        if name.startswith("dsmoe"):
+        if has_experts(model):
             from ultralytics_dsmoe.routing import routing_report
 
             results[name]["routing"] = routing_report(results[name]["best"], str(data), split, a.imgsz, a.batch, a.device,
                                                       out / "routing" / name)
     torch.set_num_threads(a.threads)
-    measure_inference(results, a.latency_imgsz, a.device, a.reps)
+    if a.finetune_from:  # cost is per architecture: measured on each variant's first seed, shared by its other seeds
+        first = {v: results[f"{v}-seed{seeds[0]}"] for v in variants}
+        measure_inference(first, a.latency_imgsz, a.device, a.reps)
+        for v in variants:
+            for seed in seeds[1:]:
+                results[f"{v}-seed{seed}"].update({k: first[v][k] for k in COST_KEYS if k in first[v]})
+    else:
+        measure_inference(results, a.latency_imgsz, a.device, a.reps)
     device = "CUDA " + torch.cuda.get_device_name(0) if str(a.device) not in {"cpu", "mps"} and torch.cuda.is_available() else \
         f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores; latency with {a.threads} torch threads)"
     report = {"settings": {"argv": ["benchmark", *argv], "data": a.data, "split": split, "train": train, "device": device,
                            "latency_imgsz": a.latency_imgsz, "reps": a.reps, "date": time.strftime("%Y-%m-%d"),
                            "torch": torch.__version__},
               "models": results, "targets": judge(results),
-              "topk": {k: Path(m).stem for k, m in zip(a.topk, models)} if a.topk else {}}
+              "topk": {k: name for k, name in zip(a.topk, runs)} if a.topk else {},
+              "finetune": finetune_summary(results, list(variants), seeds, a.finetune_from) if a.finetune_from else {}}
     (out / "results.json").write_text(json.dumps(report, indent=2))
     (out / "results.md").write_text(markdown(report))
     plot(report, out / "results.png")
@@ -427,6 +567,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seeds", nargs="+", type=int, help="with --finetune-from: train every variant once per seed")
+    p.add_argument("--finetune-from", help="a trained YOLOv8/YOLO11 checkpoint: fine-tune it, its DS-MoE upgrade, the "
+                   "stage ablation and the text controls from it (replaces --models)")
     p.add_argument("--device", default="cpu", help="Ultralytics device: cpu, 0, 0,1 ...")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--fraction", type=float, default=1.0, help="fraction of the training set to use")

@@ -1,6 +1,7 @@
 """The ``dsmoe`` command: plugin tools beside ``yolo`` (which trains, validates, predicts and exports DS-MoE as is).
 
     dsmoe benchmark --data aluminum.yaml      DS-MoE vs YOLOv8, same recipe, one results table (--topk: Table 5)
+    dsmoe upgrade yolov8s.pt                  add the DS-MoE stages to a trained YOLO checkpoint (starts where it is)
     dsmoe routing --model best.pt --data ...  per-class expert usage and load balance of a trained model
     dsmoe convert pcb.yaml <release>          convert a public dataset release into YOLO format
     dsmoe costs                               params, GFLOPs and the top-k cost sweep, no training
@@ -13,6 +14,7 @@ import sys
 
 COMMANDS = {
     "benchmark": "ultralytics_dsmoe.benchmark",
+    "upgrade": "ultralytics_dsmoe.upgrade",
     "routing": "ultralytics_dsmoe.routing",
     "convert": "ultralytics_dsmoe.data.convert",
     "costs": "ultralytics_dsmoe.costs",

@@ -14,6 +14,7 @@ from .broadcast import SpaceBroadcast
 from .cbam import DSCBAM
 from .encoder import AnisotropicDSConv, HybridEncoder, MobileSAMEncoder, Pick, SpatialPrior
 from .fusion import ExpertEnsemble, FeatureAggregate
+from .gate import ResidualGate
 from .hyperbolic import HyperbolicAlign
 from .moe import ExpertRouter, SparseMoE
 from .rules import (
@@ -64,6 +65,7 @@ BLOCKS: dict[str, Block] = {
     "ExpertRouter": Block(ExpertRouter, None, (7,)),  # counted inside SparseMoE
     "ExpertEnsemble": Block(ExpertEnsemble, scaled_output, (9,), FUSION),
     "FeatureAggregate": Block(FeatureAggregate, scaled_output, (10,), FUSION),
+    "ResidualGate": Block(ResidualGate, same_channels, (), "Upgrade: zero-initialised residual gate"),  # dsmoe-v8/11
 }
 # Names that older plugin versions used, still accepted in model YAMLs and checkpoints: old name -> current name.
 RENAMED = {"CBAM": "DSCBAM"}  # 0.1.0; Ultralytics has its own, different CBAM

@@ -11,6 +11,7 @@ One module per concern, each with an ``install()``:
 | ``checkpoints`` | version record, pickling that names the plugin, weights-only (safe) loading |
 | ``trainer`` | class texts filled from the dataset; gamma pre-processing in the dataset and the predictor |
 | ``fuse`` | ``fuse()`` folds the BatchNorms inside TinyViT before Ultralytics' own folding |
+| ``transfer`` | ``load()`` maps a plain YOLO checkpoint into an upgrade config (``dsmoe-v8.yaml``) by structure |
 
 Everything goes through ``ultralytics_dsmoe.guard``: each patch is idempotent (the plugin's own marker), refuses to overwrite a name it
 does not own, and raises ``PatchError`` naming the installed Ultralytics version when the code it relies on no longer
@@ -18,10 +19,10 @@ has the expected shape. The blocks' one contact with internals, the TinyViT walk
 same way (``check_tinyvit``).
 """
 
-from . import checkpoints, criterion, fuse, lookup, offline, parser, trainer
+from . import checkpoints, criterion, fuse, lookup, offline, parser, trainer, transfer
 from ultralytics_dsmoe.guard import PatchError
 
-CONCERNS = (parser, lookup, criterion, offline, checkpoints, trainer, fuse)
+CONCERNS = (parser, lookup, criterion, offline, checkpoints, trainer, fuse, transfer)
 
 
 def install() -> None:

@@ -14,14 +14,17 @@ from ultralytics_dsmoe.meta import CFG_DIR, DATA_DIR
 
 from ultralytics_dsmoe.guard import patch_function
 
+SCALE_SUFFIX = r"(?:-|(?<=\d))[nsmlx](\.ya?ml)$"  # dsmoe-n.yaml, dsmoe-full-s.yaml, dsmoe-v8s.yaml, dsmoe-11m.yaml
+
 
 def shipped_file(file: str) -> Path | None:
-    """A bare YAML name shipped with the plugin: ``dsmoe-s.yaml`` -> ``cfg/dsmoe.yaml``, data names -> datasets/."""
+    """A bare YAML name shipped with the plugin: ``dsmoe-s.yaml`` -> ``cfg/dsmoe.yaml``, ``dsmoe-v8s.yaml`` ->
+    ``cfg/dsmoe-v8.yaml`` (a scale letter after a digit, as ``yolov8s.yaml``), data names -> datasets/."""
     if not isinstance(file, (str, Path)) or os.path.dirname(str(file)) or not str(file).endswith((".yaml", ".yml")):
         return None
     name = str(file)
     for folder in (CFG_DIR, DATA_DIR):
-        for candidate in (name, re.sub(r"-[nsmlx](\.ya?ml)$", r"\1", name)):  # scale suffix -> unified config
+        for candidate in (name, re.sub(SCALE_SUFFIX, r"\1", name)):  # scale suffix -> unified config
             if (folder / candidate).is_file():
                 return folder / candidate
     return None
@@ -40,7 +43,7 @@ def _check_file(original):
 
 def _guess_model_scale(original):
     def guess_model_scale(model_path):
-        match = re.fullmatch(r"dsmoe[\w-]*?-([nsmlx])", Path(str(model_path)).stem)
+        match = re.fullmatch(r"dsmoe[\w-]*?(?:-|(?<=\d))([nsmlx])", Path(str(model_path)).stem)
         return match.group(1) if match else original(model_path)
 
     return guess_model_scale

@@ -5,6 +5,10 @@ dataset's class names are known, before the EMA copy, DDP wrapping and the optim
 class, loads embeddings from the cache or computes them with the encoder the model yaml names (``text_model``,
 ``text_pooling``), and writes them into every ``ClassText`` together with their provenance (``text_source``: encoder
 id, prompts, class names), which checkpoints carry: ``yolo val``/``predict`` on a checkpoint need no text model.
+
+The model-yaml key ``text_control`` tests the paper's claim that the language model's semantics help: ``shuffled``
+gives each class another class's prompt embedding, ``random`` gives it a random vector of the same norm (fixed seed);
+``real`` (the default) is the prompts themselves. ``dsmoe benchmark --finetune-from`` trains all three.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from .cache import load_cached, save_cached
 from .encoders import DEFAULT_LLM, TextModelUnavailable, load_encoder
 from .prompts import resolve_prompts
 
-__all__ = ("DEFAULT_LLM", "TextModelUnavailable", "embed_prompts", "fill_text", "resolve_prompts")
+__all__ = ("CONTROLS", "DEFAULT_LLM", "TextModelUnavailable", "controlled", "embed_prompts", "fill_text", "resolve_prompts")
+
+CONTROLS = ("real", "shuffled", "random")  # values of the model-yaml key text_control
 
 
 def embed_prompts(prompts: list[str], text_model: str = "auto", pooling: str = "mean") -> tuple[str, torch.Tensor]:
@@ -35,6 +41,19 @@ def embed_prompts(prompts: list[str], text_model: str = "auto", pooling: str = "
     return encoder.id, embeddings
 
 
+def controlled(embeddings: torch.Tensor, control: str) -> torch.Tensor:
+    """The (nc, d) prompt embeddings under a text control: ``real`` as they are, ``shuffled`` rolled by one class (every
+    class gets another's embedding when nc >= 2), ``random`` Gaussian directions (seed 0) with each row's norm kept."""
+    if control == "shuffled":
+        return embeddings.roll(1, dims=0)
+    if control == "random":
+        r = torch.randn(embeddings.shape, generator=torch.Generator().manual_seed(0)).to(embeddings)
+        return r / r.norm(dim=1, keepdim=True) * embeddings.norm(dim=1, keepdim=True)
+    if control != "real":
+        raise ValueError(f"text_control: {control!r} is not one of {', '.join(CONTROLS)}")
+    return embeddings
+
+
 def fill_text(model: torch.nn.Module, names: dict | list, data_prompts=None, root=None) -> None:
     """Fill the model's ``ClassText`` buffers for these class names; reuse them only when names and prompts match."""
     from ultralytics_dsmoe.nn import ClassText
@@ -44,6 +63,8 @@ def fill_text(model: torch.nn.Module, names: dict | list, data_prompts=None, roo
         return
     cfg = model_cfg(model)
     spec, pooling = str(cfg.get("text_model", "auto")), str(cfg.get("text_pooling", "mean"))
+    control = str(cfg.get("text_control", "real"))
+    controlled(torch.zeros(1, 1), control)  # an unknown control fails before anything is embedded
     names = [names[i] for i in sorted(names)] if isinstance(names, dict) else list(names)
     prompts = resolve_prompts(names, data_prompts, root)
     for block in blocks:
@@ -53,7 +74,8 @@ def fill_text(model: torch.nn.Module, names: dict | list, data_prompts=None, roo
     # rebuilt from its yaml (fine-tuning from best.pt); a yaml record alone does not vouch for placeholder vectors.
     recorded = cfg.get("text_source")
     sources = [b.text_source or (recorded if not b.is_placeholder() else None) for b in blocks]
-    if all(reusable(source, names, prompts, spec, pooling) for source in sources):
+    if all(reusable(source, names, prompts, spec, pooling) and source.get("control", "real") == control
+           for source in sources):
         LOGGER.info(f"DS-MoE text: reusing the checkpoint's embeddings ({sources[0]['encoder']}).")
         for block, source in zip(blocks, sources):
             block.text_source = dict(source)
@@ -64,6 +86,10 @@ def fill_text(model: torch.nn.Module, names: dict | list, data_prompts=None, roo
     with torch_distributed_zero_first(RANK):  # rank 0 embeds and caches first; the other ranks then read the cache
         encoder_id, embeddings = embed_prompts(prompts, spec, pooling)
     source = {"encoder": encoder_id, "prompts": prompts, "names": names}
+    if control != "real":
+        source["control"] = control
+        embeddings = controlled(embeddings, control)
+        LOGGER.info(f"DS-MoE text: text_control {control}: the class embeddings are a control, not the prompts.")
     cfg["text_source"] = source  # saved with the checkpoint's yaml (when the model has one)
     for block in blocks:
         block.set_text(embeddings, source)

@@ -1,0 +1,211 @@
+"""DS-MoE on the YOLO you already run: the upgrade configs, ``dsmoe upgrade``, the ``pretrained=`` transfer, and the
+fine-tune benchmark's variants.
+
+The upgraded model starts exactly where its source is (boxes and scores within 1e-5 on two image shapes), weights map
+by structure with a clear error at the first row that differs, and the result fine-tunes, resumes, validates, exports
+and predicts through the stock Ultralytics entry points."""
+
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ultralytics import YOLO
+from ultralytics.nn.tasks import DetectionModel, yaml_model_load
+
+from conftest import run
+from ultralytics_dsmoe import benchmark
+from ultralytics_dsmoe.data.synthetic import generate
+from ultralytics_dsmoe.nn import ClassText, HyperbolicAlign, ResidualGate, SparseMoE
+from ultralytics_dsmoe.upgrade import UpgradeMismatch, added_rows, main, upgrade
+
+NAMES = {0: "pinhole", 1: "scratch", 2: "stain", 3: "crease"}
+BIN = Path(sys.executable).parent
+
+
+def yolo_checkpoint(file: Path, cfg, seed: int = 0) -> Path:
+    """A YOLO checkpoint with random weights and BatchNorm statistics (so every tensor matters), 4 named classes."""
+    torch.manual_seed(seed)
+    model = DetectionModel(cfg, nc=len(NAMES), verbose=False)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2), m.running_var.uniform_(0.5, 1.5), m.weight.data.uniform_(0.5, 1.5)
+    model.names = dict(NAMES)
+    y = YOLO("yolov8n.yaml")
+    y.model = model
+    y.save(file)
+    return file
+
+
+def outputs(model, x):
+    with torch.no_grad():
+        y = model(x)
+    return y[0] if isinstance(y, (list, tuple)) else y  # (B, 4 + nc, anchors): decoded boxes and class scores
+
+
+@pytest.mark.parametrize("cfg, family", [("yolov8n.yaml", "dsmoe-v8.yaml"), ("yolo11n.yaml", "dsmoe-11.yaml")])
+def test_upgrade_starts_exactly_where_the_source_is(tmp_path, cfg, family):
+    source = yolo_checkpoint(tmp_path / "line.pt", cfg)
+    out = upgrade(source)
+    assert out == tmp_path / "line-dsmoe.pt"
+    a, b = YOLO(str(source)).model.eval(), YOLO(str(out)).model.eval()
+    assert Path(b.yaml["yaml_file"]).name == family and b.yaml["scale"] == "n" and b.names == NAMES
+    assert len(added_rows(b)) == 10 and len(b.model) == len(a.model) + 10
+    gates = [m for m in b.modules() if isinstance(m, ResidualGate)]
+    assert len(gates) == 1 and not gates[0].gain.any()
+    texts = [m for m in b.modules() if isinstance(m, ClassText)]
+    assert texts[0].text_source["names"] == list(NAMES.values())  # embedded at upgrade time: predict needs no text model
+    for shape in ((1, 3, 64, 64), (2, 3, 96, 160)):
+        x = torch.rand(shape)
+        assert (outputs(a, x) - outputs(b, x)).abs().max() <= 1e-5
+    image = (np.random.default_rng(0).random((120, 90, 3)) * 255).astype(np.uint8)
+    pa, pb = (YOLO(str(f)).predict(image, imgsz=96, conf=0.0, verbose=False)[0].boxes for f in (source, out))
+    assert len(pa) > 0
+    torch.testing.assert_close(pb.xyxy, pa.xyxy, atol=1e-5, rtol=0)
+    torch.testing.assert_close(pb.conf, pa.conf, atol=1e-5, rtol=0)
+    gates[0].gain.data.fill_(10.0)  # the branch is live: opening the gate changes the output
+    assert (outputs(a, x) - outputs(b, x)).abs().max() > 1e-3
+
+
+def test_a_source_that_does_not_match_fails_naming_the_first_row(tmp_path):
+    v11 = yolo_checkpoint(tmp_path / "v11.pt", "yolo11n.yaml")
+    with pytest.raises(UpgradeMismatch, match=r"yolo11n.yaml row 2 \(C3k2\) against dsmoe-v8n.yaml row 2 \(C2f\)"):
+        upgrade(v11, cfg="dsmoe-v8.yaml")
+    d = yaml_model_load("yolov8n.yaml")
+    d["backbone"][3][3] = [192, 3, 2]  # a user's narrower P3 conv
+    narrow = yolo_checkpoint(tmp_path / "narrow.pt", d)
+    with pytest.raises(UpgradeMismatch, match=r"row 3 \(Conv\) against dsmoe-v8n.yaml row 3 \(Conv\): conv.weight is "
+                                              r"\(48, 32, 3, 3\) against \(64, 32, 3, 3\)"):
+        upgrade(narrow, cfg="dsmoe-v8.yaml")
+    with pytest.raises(UpgradeMismatch) as e:  # no config given: each candidate's reason is listed
+        upgrade(narrow)
+    assert "dsmoe-v8n.yaml row 3" in str(e.value) and "dsmoe-11n.yaml row 2 (C3k2)" in str(e.value)
+    upgraded = upgrade(yolo_checkpoint(tmp_path / "v8.pt", "yolov8n.yaml"))
+    with pytest.raises(UpgradeMismatch, match="already has DS-MoE stages"):
+        upgrade(upgraded)
+    with pytest.raises(SystemExit, match="dsmoe upgrade: no checkpoint"):
+        main([str(tmp_path / "missing.pt")])
+    assert not (tmp_path / "narrow-dsmoe.pt").exists() and not (tmp_path / "v11-dsmoe.pt").exists()
+
+
+def test_pretrained_yolo_weights_transfer_by_structure_into_an_upgrade_config(tmp_path):
+    """``yolo train model=dsmoe-v8n.yaml pretrained=yolov8n.pt`` goes through BaseModel.load: same start as upgrade."""
+    source = YOLO(str(yolo_checkpoint(tmp_path / "v8.pt", "yolov8n.yaml"))).model.eval()
+    target = DetectionModel("dsmoe-v8n.yaml", nc=4, verbose=False)
+    target.load(source)
+    x = torch.rand(1, 3, 64, 96)
+    assert (outputs(source, x) - outputs(target.eval(), x)).abs().max() <= 1e-5
+    with pytest.raises(UpgradeMismatch, match="row 2"):
+        DetectionModel("dsmoe-11n.yaml", nc=4, verbose=False).load(source)
+
+
+def test_upgraded_model_exports_to_onnx_with_parity(tmp_path):
+    import onnxruntime as ort
+
+    out = upgrade(yolo_checkpoint(tmp_path / "v8.pt", "yolov8n.yaml"))
+    model = YOLO(str(out))
+    torch.manual_seed(1)
+    for m in model.model.modules():  # open the gates, so the exported graph's DS-MoE branch counts
+        if isinstance(m, ResidualGate):
+            m.gain.data.normal_(0, 0.5)
+    expected = outputs(model.model.float().eval().fuse(), x := torch.rand(1, 3, 96, 96))
+    file = model.export(format="onnx", imgsz=96, simplify=False, device="cpu")
+    got = ort.InferenceSession(file, providers=["CPUExecutionProvider"]).run(None, {"images": x.numpy()})[0]
+    np.testing.assert_allclose(got, expected.numpy(), atol=2e-4, rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def trained_base(tmp_path_factory):
+    """A yolov8n trained for one epoch on a tiny synthetic set: the line's model."""
+    root = tmp_path_factory.mktemp("upgrade")
+    data = generate(root / "data", seed=3, train=8, val=4, imgsz=64)
+    (root / "data.yaml").write_text(f"path: {data}\ntrain: images/train\nval: images/val\n"
+                                    "names: {0: pinhole, 1: scratch, 2: stain, 3: crease}\n")
+    YOLO("yolov8n.yaml").train(data=str(root / "data.yaml"), epochs=1, imgsz=64, batch=4, workers=0, plots=False,
+                               project=str(root / "runs"), name="base", exist_ok=True, verbose=False)
+    return root, root / "runs" / "base" / "weights" / "best.pt"
+
+
+def test_upgrade_fine_tunes_resumes_validates_exports_and_predicts_through_stock_commands(trained_base):
+    root, base = trained_base
+    r = run([str(BIN / "dsmoe"), "upgrade", str(base), "--out", str(root / "line-dsmoe.pt"),
+             "--data", str(root / "data.yaml")], root)
+    assert r.returncode == 0 and "every source tensor mapped" in r.stdout + r.stderr, (r.stdout + r.stderr)[-3000:]
+    common = ["data=" + str(root / "data.yaml"), "imgsz=64", "batch=4", "workers=0", "plots=False",
+              "project=" + str(root / "runs"), "name=ft", "exist_ok=True"]
+    code = f"""
+from ultralytics import YOLO
+model = YOLO({str(root / 'line-dsmoe.pt')!r})
+def stop(trainer):
+    if trainer.epoch == 0:
+        raise KeyboardInterrupt("simulated crash after epoch 1")
+model.add_callback("on_fit_epoch_end", stop)
+try:
+    model.train(data={str(root / 'data.yaml')!r}, epochs=2, imgsz=64, batch=4, workers=0, plots=False,
+                project={str(root / 'runs')!r}, name="ft", exist_ok=True)
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+    r = run([sys.executable, "-c", code], root)
+    assert "interrupted" in r.stdout, (r.stdout + r.stderr)[-3000:]
+    assert "reusing the checkpoint's embeddings" in r.stdout + r.stderr  # same classes: the upgrade's text is kept
+    weights = root / "runs" / "ft" / "weights"
+    r = run([str(BIN / "yolo"), "train", "resume", f"model={weights / 'last.pt'}"], root)
+    assert r.returncode == 0 and "Resuming training" in r.stdout + r.stderr, (r.stdout + r.stderr)[-3000:]
+    with open(root / "runs" / "ft" / "results.csv") as f:
+        rows = list(csv.reader(f))
+    assert [row[0].strip() for row in rows[1:]] == ["1", "2"] and "train/moe_loss" in [h.strip() for h in rows[0]]
+    tuned = YOLO(str(weights / "last.pt")).model
+    gain = next(m for m in tuned.modules() if isinstance(m, ResidualGate)).gain
+    assert gain.abs().max() > 0  # training moved the gate off zero
+    for args in (["val", f"model={weights / 'best.pt'}", *common[:3]],
+                 ["export", f"model={weights / 'best.pt'}", "format=onnx", "imgsz=64"]):
+        r = run([str(BIN / "yolo"), *args], root)
+        assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    image = next((root / "data" / "images" / "val").iterdir())
+    r = run([str(BIN / "yolo"), "predict", f"model={weights / 'best.onnx'}", f"source={image}", "imgsz=64",
+             f"project={root / 'runs'}", "name=pred", "exist_ok=True"], root)
+    saved = [f.stem for f in (root / "runs" / "pred").iterdir()] if (root / "runs" / "pred").is_dir() else []
+    assert r.returncode == 0 and saved == [image.stem], (r.stdout + r.stderr)[-3000:]
+
+
+def test_finetune_variants_are_the_paper_columns_on_the_base_and_the_text_controls(trained_base, tmp_path):
+    _, base = trained_base
+    variants = benchmark.finetune_variants(str(base), tmp_path)
+    assert list(variants) == ["yolov8n", "dsmoe-v8n-text", "dsmoe-v8n-hyperbolic", "dsmoe-v8n-experts", "dsmoe-v8n",
+                              "dsmoe-v8n-shuffled", "dsmoe-v8n-random"]
+    assert variants["yolov8n"] == str(base.resolve())
+    seen = {}
+    for name, cfg in list(variants.items())[1:]:
+        d = yaml_model_load(cfg)
+        model = DetectionModel(cfg, nc=4, verbose=False)
+        hyperbolic = next(m for m in model.modules() if isinstance(m, HyperbolicAlign)).hyperbolic
+        manifold = "poincare" if hyperbolic else "euclidean"
+        seen[name] = (d["loss"], any(isinstance(m, SparseMoE) for m in model.modules()), manifold,
+                      d.get("text_control", "real"))
+        model.load(YOLO(str(base)).model)  # every variant starts from the base checkpoint, gates at zero
+    assert seen == {
+        "dsmoe-v8n-text": ("default", False, "euclidean", "real"),
+        "dsmoe-v8n-hyperbolic": ("default", False, "poincare", "real"),
+        "dsmoe-v8n-experts": ("default", True, "poincare", "real"),
+        "dsmoe-v8n": ("qfocal", True, "poincare", "real"),
+        "dsmoe-v8n-shuffled": ("qfocal", True, "poincare", "shuffled"),
+        "dsmoe-v8n-random": ("qfocal", True, "poincare", "random"),
+    }
+
+
+def test_finetune_summary_pairs_seeds_and_counts_a_gain_only_beyond_the_spread():
+    runs = {}
+    for seed, (stock, full, text) in enumerate([(0.30, 0.33, 0.31), (0.32, 0.34, 0.31), (0.31, 0.35, 0.32)]):
+        for name, m in (("yolov8s", stock), ("dsmoe-v8s", full), ("dsmoe-v8s-text", text)):
+            runs[f"{name}-seed{seed}"] = {"map50": 2 * m, "map50_95": m, "gflops": {"yolov8s": 28.4}.get(name, 29.9),
+                                          "ort_ms": {"yolov8s": 100.0}.get(name, 112.0)}
+    s = benchmark.finetune_summary(runs, ["yolov8s", "dsmoe-v8s-text", "dsmoe-v8s"], [0, 1, 2], "base.pt")
+    full, text = s["variants"]["dsmoe-v8s"], s["variants"]["dsmoe-v8s-text"]
+    np.testing.assert_allclose(full["gain_pp"], [3.0, 1.0], atol=1e-9)  # paired gains 3, 2, 4 pp
+    np.testing.assert_allclose(text["gain_pp"], [1 / 3, np.std([1, -1, 1], ddof=1)], atol=1e-9)
+    assert full["beyond_spread"] and not text["beyond_spread"]
+    assert s["targets"]["dsmoe-v8s mAP50-95 gain - std (pp)"] == pytest.approx([2.0, 1.5, True])
+    assert s["targets"]["dsmoe-v8s ONNX Runtime latency vs yolov8s"] == pytest.approx([1.12, 1.15, True])
