@@ -177,6 +177,8 @@ def test_finetune_variants_are_the_paper_columns_on_the_base_and_the_text_contro
     assert list(variants) == ["yolov8n", "dsmoe-v8n-text", "dsmoe-v8n-hyperbolic", "dsmoe-v8n-experts", "dsmoe-v8n",
                               "dsmoe-v8n-shuffled", "dsmoe-v8n-random"]
     assert variants["yolov8n"] == str(base.resolve())
+    some = benchmark.finetune_variants(str(base), tmp_path / "some", keep=("full", "random"))  # --variants full random
+    assert list(some) == ["yolov8n", "dsmoe-v8n", "dsmoe-v8n-random"]
     seen = {}
     for name, cfg in list(variants.items())[1:]:
         d = yaml_model_load(cfg)

@@ -96,7 +96,7 @@ STAGE_COLUMNS = {  # the paper's ablation columns on a fixed YOLO backbone, in o
     "text": "+ text guidance: stages 1-4, 6, 9-10 (Euclidean alignment, a dense conv for the experts, BCE)",
     "hyperbolic": "+ Poincare alignment (stage 5)",
     "experts": "+ sparse experts (stages 7-8)",
-    "qfocal": "+ QFocal: the full upgrade",
+    "full": "+ QFocal: the full upgrade",
 }
 TEXT_CONTROLS = ("shuffled", "random")  # on the full upgrade: are the prompts' semantics what helps?
 
@@ -107,7 +107,7 @@ def ablate(d: dict, column: str) -> dict:
     the Poincare ball)."""
     order = list(STAGE_COLUMNS)
     upto = order.index(column)
-    if upto < order.index("qfocal"):
+    if upto < order.index("full"):
         d["loss"] = "default"
     for row in d["backbone"] + d["head"]:
         if row[2] == "SparseMoE" and upto < order.index("experts"):
@@ -118,9 +118,13 @@ def ablate(d: dict, column: str) -> dict:
     return d
 
 
-def finetune_variants(base: str, out: Path) -> dict[str, str]:
-    """Name -> model of every run ``--finetune-from base`` trains: the base checkpoint itself (the stock fine-tune),
-    then the DS-MoE upgrade config at the base's scale cut to each stage column, then the text controls."""
+VARIANTS = ("stock", *STAGE_COLUMNS, *TEXT_CONTROLS)  # --variants choices, in the order they are trained
+
+
+def finetune_variants(base: str, out: Path, keep=VARIANTS) -> dict[str, str]:
+    """Name -> model of the runs ``--finetune-from base`` trains (those in ``keep``): the base checkpoint itself (the
+    stock fine-tune), then the DS-MoE upgrade config at the base's scale cut to each stage column, then the text
+    controls."""
     from ultralytics.nn.tasks import load_checkpoint, yaml_model_load
     from ultralytics.utils import YAML
 
@@ -132,7 +136,7 @@ def finetune_variants(base: str, out: Path) -> dict[str, str]:
     stem = f"{Path(cfg).stem}{scale}"  # dsmoe-v8s
     variants = {Path(str(source.yaml.get("yaml_file", "base"))).stem or "base": str(Path(base).resolve())}
     out.mkdir(parents=True, exist_ok=True)
-    for column in (*STAGE_COLUMNS, *TEXT_CONTROLS):
+    for column in (c for c in VARIANTS[1:] if c in keep):
         d = yaml_model_load(cfg)
         d.pop("yaml_file", None)
         d["scale"] = scale
@@ -140,7 +144,7 @@ def finetune_variants(base: str, out: Path) -> dict[str, str]:
             ablate(d, column)
         else:
             d["text_control"] = column
-        name = stem if column == "qfocal" else f"{stem}-{column}"
+        name = stem if column == "full" else f"{stem}-{column}"
         YAML.save(out / f"{name}.yaml", d)
         variants[name] = str(out / f"{name}.yaml")
     return variants
@@ -403,7 +407,7 @@ def column_label(variant: str) -> str:
     suffix = variant.rsplit("-", 1)[-1]
     if suffix in TEXT_CONTROLS:
         return f"full upgrade, text control: {suffix}"
-    return STAGE_COLUMNS.get(suffix, STAGE_COLUMNS["qfocal"])
+    return STAGE_COLUMNS.get(suffix, STAGE_COLUMNS["full"])
 
 
 def routed_per(routing: dict) -> str:
@@ -510,7 +514,7 @@ def benchmark(a: argparse.Namespace, argv: list[str]) -> dict:
              "workers": a.workers, "pretrained": a.pretrained, "fraction": a.fraction}
     seeds = a.seeds or [a.seed]
     if a.finetune_from:
-        variants = finetune_variants(a.finetune_from, out / "models")
+        variants = finetune_variants(a.finetune_from, out / "models", a.variants)
         runs = {f"{v}-seed{seed}": (m, seed) for v, m in variants.items() for seed in seeds}
     elif a.topk:
         base = next((m for m in a.models if Path(m).stem.startswith("dsmoe")), "dsmoe-n.yaml")
@@ -570,6 +574,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     p.add_argument("--seeds", nargs="+", type=int, help="with --finetune-from: train every variant once per seed")
     p.add_argument("--finetune-from", help="a trained YOLOv8/YOLO11 checkpoint: fine-tune it, its DS-MoE upgrade, the "
                    "stage ablation and the text controls from it (replaces --models)")
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
+                   help="with --finetune-from: which runs (the stock model always; a long benchmark can be built up "
+                   "over several calls, finished runs are reused)")
     p.add_argument("--device", default="cpu", help="Ultralytics device: cpu, 0, 0,1 ...")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--fraction", type=float, default=1.0, help="fraction of the training set to use")
