@@ -45,6 +45,11 @@ SKIPPED = {
         "needs a causal LLM; test_text.py runs the generator on a tiny Qwen",
     "python benchmarks/first_command.py": "the README's measurement (3 seeds x 2 models x 30 epochs, ~17 min)",
     "yolo train model=...": "a placeholder in prose (the variants table lists the model yamls; test_configs.py builds each)",
+    "dsmoe benchmark --data aluminum.yaml --finetune-from runs/detect/line/weights/best.pt --seeds 0 1 2 --epochs 30":
+        "trains 21 runs; test_upgrade.py::test_finetune_benchmark_reports_paired_gains_and_gates runs it with "
+        "--variants full --seeds 0 1 at tiny scale",
+    "yolo train model=dsmoe-v8s.yaml data=... pretrained=yolov8s.pt":
+        "needs yolov8s.pt; test_upgrade.py::test_pretrained_yolo_weights_transfer_by_structure_into_an_upgrade_config",
 }
 
 
@@ -64,13 +69,17 @@ def readme_commands(text: str = README) -> list[str]:
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    """A tiny 4-class set (8 train, 4 val images at 64 px), a folder of images to predict on and the folders the
-    README's relative paths point to."""
+    """A tiny 4-class set (8 train, 4 val images at 64 px), a folder of images to predict on, a trained yolov8n (the
+    model to upgrade) and the folders the README's relative paths point to."""
     root = tmp_path_factory.mktemp("docs")
     data = generate(root / "set", seed=3, train=8, val=4, imgsz=64)
     (root / "data.yaml").write_text(f"path: {data}\ntrain: images/train\nval: images/val\n"
                                     "names: {0: pinhole, 1: scratch, 2: stain, 3: crease}\n")
     shutil.copytree(data / "images" / "val", root / "images")
+    from ultralytics import YOLO  # the YOLO model "on the line" that the README's `dsmoe upgrade` starts from
+
+    YOLO("yolov8n.yaml").train(data=str(root / "data.yaml"), epochs=1, imgsz=64, batch=4, workers=0, plots=False,
+                               project=str(root / "runs" / "detect"), name="line", exist_ok=True, verbose=False)
     from test_datasets import pku_release  # the real PKU-Market-PCB layout, stray folders included
 
     release = pku_release(root / "release")

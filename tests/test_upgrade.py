@@ -6,6 +6,7 @@ by structure with a clear error at the first row that differs, and the result fi
 and predicts through the stock Ultralytics entry points."""
 
 import csv
+import json
 import sys
 from pathlib import Path
 
@@ -211,3 +212,34 @@ def test_finetune_summary_pairs_seeds_and_counts_a_gain_only_beyond_the_spread()
     assert full["beyond_spread"] and not text["beyond_spread"]
     assert s["targets"]["dsmoe-v8s mAP50-95 gain - std (pp)"] == pytest.approx([2.0, 1.5, True])
     assert s["targets"]["dsmoe-v8s ONNX Runtime latency vs yolov8s"] == pytest.approx([1.12, 1.15, True])
+
+
+def test_finetune_benchmark_reports_paired_gains_and_gates(trained_base, tmp_path):
+    """The README's `dsmoe benchmark --finetune-from` at tiny scale, the stock run and the full upgrade over two seeds."""
+    root, base = trained_base
+    report = benchmark.main(["--data", str(root / "data.yaml"), "--finetune-from", str(base), "--variants", "full",
+                             "--seeds", "0", "1", "--epochs", "1", "--imgsz", "64", "--batch", "4", "--workers", "0",
+                             "--latency-imgsz", "64", "--reps", "1", "--threads", "1", "--out", str(tmp_path)])
+    assert list(report["models"]) == ["yolov8n-seed0", "yolov8n-seed1", "dsmoe-v8n-seed0", "dsmoe-v8n-seed1"]
+    runs = report["models"]
+    assert runs["yolov8n-seed0"]["gate_mean_abs"] is None and runs["dsmoe-v8n-seed0"]["gate_mean_abs"] > 0
+    assert runs["dsmoe-v8n-seed1"]["gflops"] == runs["dsmoe-v8n-seed0"]["gflops"]  # cost measured once per variant
+    f = report["finetune"]
+    assert f["stock"] == "yolov8n" and list(f["variants"]) == ["yolov8n", "dsmoe-v8n"] and f["seeds"] == [0, 1]
+    gains = [100 * (runs[f"dsmoe-v8n-seed{s}"]["map50_95"] - runs[f"yolov8n-seed{s}"]["map50_95"]) for s in (0, 1)]
+    assert f["variants"]["dsmoe-v8n"]["gain_pp"][0] == pytest.approx(np.mean(gains))
+    assert f["variants"]["dsmoe-v8n"]["gflops_ratio"] > 1.0 and "dsmoe-v8n GFLOPs vs yolov8n" in f["targets"]
+    md = (tmp_path / "results.md").read_text()
+    assert "## Fine-tuned from best.pt (seeds 0, 1)" in md and "| dsmoe-v8n | + QFocal: the full upgrade |" in md
+    specs = {n: json.loads((tmp_path / "runs" / f"{n}.result.json").read_text())["spec"] for n in runs}
+    assert {s["train"]["pretrained"] for s in specs.values()} == {str(base.resolve())}
+    assert [s["train"]["seed"] for s in specs.values()] == [0, 1, 0, 1]
+
+
+@pytest.mark.parametrize("yolo, upgraded", [("yolov8s", "dsmoe-v8s"), ("yolo11s", "dsmoe-11s")])
+def test_upgrade_costs_at_most_15_percent_more_flops_than_its_source(yolo, upgraded):
+    """The issue's inference-cost target at 640 px, counted by the benchmark's FLOP counter (deterministic)."""
+    from ultralytics_dsmoe.costs import build, model_costs
+
+    ratio = model_costs(build(f"{upgraded}.yaml"), 640)["gflops"] / model_costs(build(f"{yolo}.yaml"), 640)["gflops"]
+    assert 1.0 < ratio <= 1.15

@@ -30,7 +30,8 @@ from ultralytics_dsmoe.nn import BLOCKS, SparseMoE
 
 TOPK = (1, 2, 4, 5, 8, 16, 32)
 YOLO = ("yolov8n", "yolov8s", "yolov8m", "yolo11s", "yolo26s")
-DSMOE = ("dsmoe-n", "dsmoe-s", "dsmoe-m", "dsmoe-full-n", "dsmoe-p2-n") + tuple(f"dsmoe-ablation-{c}-n" for c in "abcde")
+DSMOE = ("dsmoe-n", "dsmoe-s", "dsmoe-m", "dsmoe-full-n", "dsmoe-p2-n") + tuple(f"dsmoe-ablation-{c}-n" for c in "abcde") \
+    + ("dsmoe-v8s", "dsmoe-11s")  # the upgrade configs, beside their sources yolov8s and yolo11s
 ORT_MODELS = ("yolov8n", "yolov8s", "yolo11s", "yolo26s", "dsmoe-n", "dsmoe-full-n")  # ONNX Runtime latency rows
 
 
