@@ -17,6 +17,12 @@ FOLDERS = {key: str(_HOME / key.split("_")[0]) for key in ("datasets_dir", "weig
 subprocess.run([sys.executable, "-c", f"from ultralytics.utils import SETTINGS; SETTINGS.update({FOLDERS!r})"],
                env={**os.environ, "ULTRALYTICS_DSMOE_AUTOLOAD": "0"}, check=True, capture_output=True)
 REPO = Path(__file__).resolve().parents[1]
+if os.environ.get("DSMOE_TEST_TEXT_CACHE"):  # the GPU machine has no text model: prompt embeddings come precomputed
+    import shutil
+
+    from ultralytics_dsmoe.text.cache import cache_dir
+
+    shutil.copytree(os.environ["DSMOE_TEST_TEXT_CACHE"], cache_dir(), dirs_exist_ok=True)
 
 
 @pytest.fixture(scope="session")
