@@ -100,6 +100,11 @@ def test_pretrained_yolo_weights_transfer_by_structure_into_an_upgrade_config(tm
     assert (outputs(source, x) - outputs(target.eval(), x)).abs().max() <= 1e-5
     with pytest.raises(UpgradeMismatch, match="row 2"):
         DetectionModel("dsmoe-11n.yaml", nc=4, verbose=False).load(source)
+    with pytest.raises(UpgradeMismatch, match=r"row 0 \(Conv\).*conv.weight is \(16, 3, 3, 3\) against \(32, 3, 3, 3\)"):
+        DetectionModel("dsmoe-v8s.yaml", nc=4, verbose=False).load(source)  # another scale: never a silent partial load
+    other_nc = DetectionModel("dsmoe-v8n.yaml", nc=2, verbose=False)  # another class count: the head is Ultralytics'
+    other_nc.load(source)
+    torch.testing.assert_close(other_nc.model[0].conv.weight, source.model[0].conv.weight)
 
 
 def test_upgraded_model_exports_to_onnx_with_parity(tmp_path):
@@ -175,11 +180,11 @@ except KeyboardInterrupt:
 def test_finetune_variants_are_the_paper_columns_on_the_base_and_the_text_controls(trained_base, tmp_path):
     _, base = trained_base
     variants = benchmark.finetune_variants(str(base), tmp_path)
-    assert list(variants) == ["yolov8n", "dsmoe-v8n-text", "dsmoe-v8n-hyperbolic", "dsmoe-v8n-experts", "dsmoe-v8n",
-                              "dsmoe-v8n-shuffled", "dsmoe-v8n-random"]
+    assert list(variants) == ["yolov8n", "dsmoe-v8-text-n", "dsmoe-v8-hyperbolic-n", "dsmoe-v8-experts-n", "dsmoe-v8n",
+                              "dsmoe-v8-shuffled-n", "dsmoe-v8-random-n"]
     assert variants["yolov8n"] == str(base.resolve())
     some = benchmark.finetune_variants(str(base), tmp_path / "some", keep=("full", "random"))  # --variants full random
-    assert list(some) == ["yolov8n", "dsmoe-v8n", "dsmoe-v8n-random"]
+    assert list(some) == ["yolov8n", "dsmoe-v8n", "dsmoe-v8-random-n"]
     seen = {}
     for name, cfg in list(variants.items())[1:]:
         d = yaml_model_load(cfg)
@@ -190,12 +195,12 @@ def test_finetune_variants_are_the_paper_columns_on_the_base_and_the_text_contro
                       d.get("text_control", "real"))
         model.load(YOLO(str(base)).model)  # every variant starts from the base checkpoint, gates at zero
     assert seen == {
-        "dsmoe-v8n-text": ("default", False, "euclidean", "real"),
-        "dsmoe-v8n-hyperbolic": ("default", False, "poincare", "real"),
-        "dsmoe-v8n-experts": ("default", True, "poincare", "real"),
+        "dsmoe-v8-text-n": ("default", False, "euclidean", "real"),
+        "dsmoe-v8-hyperbolic-n": ("default", False, "poincare", "real"),
+        "dsmoe-v8-experts-n": ("default", True, "poincare", "real"),
         "dsmoe-v8n": ("qfocal", True, "poincare", "real"),
-        "dsmoe-v8n-shuffled": ("qfocal", True, "poincare", "shuffled"),
-        "dsmoe-v8n-random": ("qfocal", True, "poincare", "random"),
+        "dsmoe-v8-shuffled-n": ("qfocal", True, "poincare", "shuffled"),
+        "dsmoe-v8-random-n": ("qfocal", True, "poincare", "random"),
     }
 
 

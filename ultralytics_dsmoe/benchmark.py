@@ -144,7 +144,7 @@ def finetune_variants(base: str, out: Path, keep=VARIANTS) -> dict[str, str]:
             ablate(d, column)
         else:
             d["text_control"] = column
-        name = stem if column == "full" else f"{stem}-{column}"
+        name = stem if column == "full" else f"{Path(cfg).stem}-{column}-{scale}"  # scale last: the file name sets it
         YAML.save(out / f"{name}.yaml", d)
         variants[name] = str(out / f"{name}.yaml")
     return variants
@@ -313,7 +313,7 @@ def finetune_summary(results: dict, variants: list[str], seeds: list[int], base:
                    "gain_pp": [mean_gain, std_gain], "beyond_spread": v != stock and abs(mean_gain) > std_gain,
                    "gflops_ratio": runs[0]["gflops"] / results[f"{stock}-seed{seeds[0]}"]["gflops"],
                    "ort_ratio": runs[0]["ort_ms"] / results[f"{stock}-seed{seeds[0]}"]["ort_ms"]}
-    full = next((v for v in variants[1:] if v.rsplit("-", 1)[-1] not in (*STAGE_COLUMNS, *TEXT_CONTROLS)), None)
+    full = next((v for v in variants[1:] if column_of(v) == "full"), None)
     targets = {}
     if full:
         (gain, std), r = rows[full]["gain_pp"], rows[full]
@@ -403,11 +403,15 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def column_of(variant: str) -> str:
+    """The --variants key of a fine-tune variant's name (dsmoe-v8-text-s -> text, dsmoe-v8s -> full)."""
+    parts = variant.split("-")
+    return next((p for p in parts if p in (*STAGE_COLUMNS, *TEXT_CONTROLS)), "full")
+
+
 def column_label(variant: str) -> str:
-    suffix = variant.rsplit("-", 1)[-1]
-    if suffix in TEXT_CONTROLS:
-        return f"full upgrade, text control: {suffix}"
-    return STAGE_COLUMNS.get(suffix, STAGE_COLUMNS["full"])
+    column = column_of(variant)
+    return f"full upgrade, text control: {column}" if column in TEXT_CONTROLS else STAGE_COLUMNS[column]
 
 
 def routed_per(routing: dict) -> str:

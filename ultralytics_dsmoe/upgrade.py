@@ -69,8 +69,10 @@ def layer_map(source, target, shapes: bool = True) -> dict[int, int]:
     Args:
         source: a plain YOLO DetectionModel (no DS-MoE rows).
         target: a model built from an upgrade config.
-        shapes: also require equal tensor shapes (``dsmoe upgrade``); ``False`` leaves shape differences (another nc
-            in the head) to Ultralytics' own transfer, as a ``pretrained=`` fine-tune does.
+        shapes: require equal tensor shapes in every row (``dsmoe upgrade``); ``False`` in every row but the head,
+            whose class count may differ (Ultralytics' own transfer handles that, as a ``pretrained=`` fine-tune
+            does). A trunk of another scale is always an error: silently transferring a fraction of it would train
+            a different model than the one asked for.
 
     Raises:
         UpgradeMismatch: naming the first row that differs and how.
@@ -93,7 +95,7 @@ def layer_map(source, target, shapes: bool = True) -> dict[int, int]:
         a, b = s.state_dict(), t.state_dict()
         if list(a) != list(b):
             raise UpgradeMismatch(f"{where}: different tensors ({sorted(set(a) ^ set(b))[:3]} ...).")
-        for name in a if shapes else ():
+        for name in a if shapes or s is not source.model[-1] else ():
             if a[name].shape != b[name].shape:
                 raise UpgradeMismatch(f"{where}: {name} is {tuple(a[name].shape)} against {tuple(b[name].shape)}; is "
                                       "the config at the checkpoint's scale and class count?")
