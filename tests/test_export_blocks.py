@@ -151,6 +151,12 @@ CASES = {
         ["f", "t"],
         ["y", "idx", "gates"],
     ),
+    "SparseMoE-affinity": (  # per-pixel class affinity in the routing score
+        lambda: RoutedMoE(SparseMoE([C, D], C, ne=8, k=3, affinity=1)),
+        [fmap(C), text],
+        ["f", "t"],
+        ["y", "idx", "gates"],
+    ),
     "ExpertEnsemble": (
         lambda: ListInput(randomize_norms(ExpertEnsemble([C, C, D], C))),
         [fmap(C), fmap(C), text],

@@ -303,6 +303,32 @@ def test_each_region_is_routed_on_its_own_content():
     assert changed.tolist() == [False, True, False, False]
 
 
+def test_class_affinity_routes_units_towards_experts_of_the_classes_their_pixels_resemble():
+    """affinity=True: a unit whose pixels match class c's text adds beta * pi_i[c] to expert i's score (pi_i: the
+    expert's class mixture), so the prompts move different images' routing differently; its weights learn."""
+    from ultralytics_dsmoe.nn import ExpertRouter
+
+    torch.manual_seed(0)
+    router = ExpertRouter(8, 8, ne=6, k=2, dg=8, affinity=True).eval()
+    plain = ExpertRouter(8, 8, ne=6, k=2, dg=8).eval()
+    plain.load_state_dict(router.state_dict(), strict=False)  # the same router without the term
+    with torch.no_grad():
+        router.pixel.weight.copy_(torch.eye(8)[..., None, None]), router.pixel.bias.zero_()
+        router.anchor.weight.copy_(torch.eye(8)), router.anchor.bias.zero_()
+    t = (5 * torch.eye(8)[:2]).expand(2, -1, -1)  # two class texts along e0 and e1
+    f = torch.zeros(2, 8, 4, 4)
+    f[0, 0], f[1, 1] = 1.0, 1.0  # image 0 looks like class 0 everywhere, image 1 like class 1
+    abar = router.class_affinity(f, t)
+    torch.testing.assert_close(abar, torch.eye(2), atol=1e-3, rtol=0)
+    router(f, t), plain(f, t)
+    mix = router.class_mixture(t)  # (B, Ne, nc)
+    torch.testing.assert_close(router.cos - plain.cos, mix[:, :, 0] * torch.tensor([[1.0], [0.0]]) +
+                               mix[:, :, 1] * torch.tensor([[0.0], [1.0]]), atol=1e-3, rtol=0)
+    moe = SparseMoE([16, 8], 16, ne=6, k=2, affinity=1)
+    moe([torch.randn(3, 16, 5, 5), torch.randn(3, 2, 8)]).square().sum().backward()
+    assert moe.router.pixel.weight.grad.abs().sum() > 0 and moe.router.beta.grad.abs() > 0
+
+
 # ------------------------------------------------------------------------------------------- model-level behaviour
 
 
