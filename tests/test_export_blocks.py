@@ -157,6 +157,12 @@ CASES = {
         ["f", "t"],
         ["y", "idx", "gates"],
     ),
+    "SparseMoE-fofs": (  # each expert reads its own channels: the mask travels with the gathered weights
+        lambda: RoutedMoE(SparseMoE([C, D], C, ne=8, k=3, fofs=1)),
+        [fmap(C), text],
+        ["f", "t"],
+        ["y", "idx", "gates"],
+    ),
     "ExpertEnsemble": (
         lambda: ListInput(randomize_norms(ExpertEnsemble([C, C, D], C))),
         [fmap(C), fmap(C), text],

@@ -168,7 +168,7 @@ def test_collapsed_routing_costs_more_than_balanced_routing_at_every_temperature
     for tau in (0.03, 0.1, 1.0, 10.0):
         moe.router.log_tau.data.fill_(math.log(tau))
         for name, c in (("collapsed", collapsed_cos), ("balanced", balanced_cos)):
-            moe.saved = (c, c.topk(1, -1).indices)
+            moe.saved = (c, c.topk(1, -1).indices, torch.randn(64, 1, 16, 2, 2))
             costs[name, tau] = moe.aux_losses()["moe_loss"].item()
     for tau in (0.03, 1.0, 10.0):  # the learned temperature does not enter the term
         assert costs["collapsed", tau] == costs["collapsed", 0.1] and costs["balanced", tau] == costs["balanced", 0.1]
@@ -327,6 +327,45 @@ def test_class_affinity_routes_units_towards_experts_of_the_classes_their_pixels
     moe = SparseMoE([16, 8], 16, ne=6, k=2, affinity=1)
     moe([torch.randn(3, 16, 5, 5), torch.randn(3, 2, 8)]).square().sum().backward()
     assert moe.router.pixel.weight.grad.abs().sum() > 0 and moe.router.beta.grad.abs() > 0
+
+
+def test_etf_loss_is_the_gram_matrix_error_to_the_simplex_frame():
+    """moe_etf against a per-pixel loop; zero for outputs that form the simplex frame, and larger for copies."""
+    torch.manual_seed(0)
+    moe = SparseMoE([16, 8], 4, ne=4, k=3)
+    y = torch.randn(2, 3, 4, 3, 5)
+    ref = []
+    for b in range(2):
+        for i in range(3):
+            for j in range(5):
+                u = F.normalize(y[b, :, :, i, j], dim=1)  # (k, c2)
+                target = torch.full((3, 3), -1 / 3).fill_diagonal_(1.0)
+                ref.append((u @ u.T - target).pow(2).mean())
+    torch.testing.assert_close(moe.etf_loss(y), torch.stack(ref).mean())
+    simplex = torch.eye(4) - 0.25  # 4 centred basis vectors: pairwise cosine -1/3 = -1/(Ne - 1)
+    frame = simplex[:3, :, None, None].expand(1, 3, 4, 1, 1).clone()
+    assert moe.etf_loss(frame) < 1e-10
+    assert moe.etf_loss(frame[:, :1].expand(-1, 3, -1, -1, -1)) > 0.5  # three copies of one expert
+
+
+def test_fofs_gives_each_expert_only_its_own_channels():
+    """fofs=1: an expert's output depends on its 1/Ne of the input channels only, for all three expert kinds."""
+    torch.manual_seed(0)
+    moe = SparseMoE([16, 8], 8, ne=4, k=4, fofs=1).eval()
+    f, t = torch.randn(1, 16, 6, 6), torch.randn(1, 2, 8)
+    every = torch.arange(4)[None]
+    text = moe.router.expert_text(t)
+    y = moe.experts(moe.expert_inputs(f), every, text)  # (1, Ne, c2, H, W): experts 0 local, 1 global, 2-3 cross
+    for e, chunk in enumerate(torch.arange(16).tensor_split(4)):
+        g = f.clone()
+        others = torch.ones(16, dtype=torch.bool)
+        others[chunk] = False
+        g[:, others] = torch.randn(1, int(others.sum()), 6, 6)  # change every channel but expert e's
+        y2 = moe.experts(moe.expert_inputs(g), every, text)
+        torch.testing.assert_close(y2[:, e], y[:, e])
+        assert all(not torch.allclose(y2[:, j], y[:, j]) for j in range(4) if j != e)
+    with pytest.raises(ValueError, match="needs c >= 32"):
+        SparseMoE([16, 8], 8, ne=32, k=4, fofs=1)
 
 
 # ------------------------------------------------------------------------------------------- model-level behaviour

@@ -219,6 +219,16 @@ class SparseMoE(AuxLossBlock):
     - optional router z-loss ``moe_zloss = mean(logsumexp(logits)^2)`` (ST-MoE), gain ``moe_zloss`` (default 0: off).
     ``last_routing`` holds the last forward's (probs, idx), detached, for routing reports.
 
+    Expert diversity (MoECLIP), both off by default until measured:
+    - ``fofs=1`` (Frozen Orthogonal Feature Separation): expert e sees only its own contiguous 1/Ne of the input
+      channels. MoECLIP draws a frozen orthonormal (r x chunk) down-projection per expert; at full rank r = chunk,
+      as here, that is a fixed rotation of the chunk that the expert's own projection absorbs, so the frozen part is
+      a channel mask on the stacked bank (still one gather per routed unit, exported alike).
+    - ``moe_etf`` (model-YAML gain, 0 = off): the simplex equiangular-tight-frame loss on the chosen experts' outputs:
+      at every pixel the k outputs, L2-normalised over channels, should have cosine 1 with themselves and
+      -1/(Ne - 1) with each other (the most spread Ne unit vectors can be); the term is the mean squared error of
+      their Gram matrix to that target.
+
     Routing granularity (``regions``): 1 routes each image as a whole (eqs. 20-21). s > 1 cuts the map into an
     s x s grid of regions (the most even split: regions of ceil(H/s) x ceil(W/s) cells, the map zero-padded to
     whole regions and cropped after) and routes each region on its own descriptor, as MoECLIP routes patches: a
@@ -236,16 +246,17 @@ class SparseMoE(AuxLossBlock):
         balance: load-balancing scheme, 'switch' or 'bias' (see above).
         regions: routing grid side s: 1 = per image (the paper), s > 1 = per region of an s x s grid.
         affinity: the router's per-pixel class-affinity term (``ExpertRouter``); 0 = off (default), 1 = on.
+        fofs: 1 = each expert sees only its own 1/Ne of the input channels (above); 0 = off (default).
     """
 
     # Switch Transformer's balance coefficient (Fedus et al. 2021); ST-MoE's z-loss coefficient is 1e-3 (off by default)
-    AUX_LOSSES = {"moe_loss": ("moe_balance", 0.01), "moe_zloss": ("moe_zloss", 0.0)}
+    AUX_LOSSES = {"moe_loss": ("moe_balance", 0.01), "moe_zloss": ("moe_zloss", 0.0), "moe_etf": ("moe_etf", 0.0)}
     TRANSIENT = ("saved", "last_routing")
     # class defaults: blocks pickled before routing granularity existed route per image (and never need c_in, c_out)
-    regions, c_in, c_out = 1, 0, 0
+    regions, c_in, c_out, fofs = 1, 0, 0, False
 
     def __init__(self, c1: list[int], c2: int, ne: int = 32, k: int = 5, balance: str = "switch", regions: int = 1,
-                 affinity: int = 0):
+                 affinity: int = 0, fofs: int = 0):
         super().__init__()
         c, d = c1
         if ne < 3:
@@ -265,6 +276,14 @@ class SparseMoE(AuxLossBlock):
         self.ln_bias = nn.Parameter(torch.zeros(ne, c2))
         kind = torch.tensor([0, 1] + [2] * (ne - 2))  # 0 local, 1 global, 2 cross-modal
         self.register_buffer("kind", kind, persistent=False)
+        self.fofs = bool(fofs)
+        if self.fofs:
+            if c < ne:
+                raise ValueError(f"SparseMoE fofs gives each of {ne} experts its own channels: needs c >= {ne}, got {c}")
+            mask = torch.zeros(ne, 1, c)
+            for e, chunk in enumerate(torch.arange(c).tensor_split(ne)):
+                mask[e, 0, chunk] = 1.0
+            self.register_buffer("fofs_mask", mask, persistent=False)  # (Ne, 1, c): expert e's channels
         self.saved = None
         self.last_routing = None  # (probs (B, Ne), idx (B, k)) of the last forward, for routing reports
 
@@ -291,7 +310,7 @@ class SparseMoE(AuxLossBlock):
         probs, idx, gates, text = self.router(f, t)
         y = self.experts(inputs, idx, text)  # (B, k, c2, H, W)
         out = torch.einsum("bk,bkohw->bohw", gates.to(f.dtype), y)
-        self.remember(self.router.cos, idx)
+        self.remember(self.router.cos, idx, y)
         if not torch.jit.is_tracing():
             self.last_routing = (probs.detach(), idx.detach())
         return merge_regions(out, self.regions, self.c_out, h, w)
@@ -310,7 +329,8 @@ class SparseMoE(AuxLossBlock):
         pick = self.chosen(idx)
         kind = pick(self.kind)  # (B, k)
         xs = torch.einsum("bkt,btchw->bkchw", F.one_hot(kind, 3).to(dtype), inputs)
-        y = torch.einsum("bkoc,bkchw->bkohw", pick(self.weight).to(dtype), xs)  # only the k chosen W_e run
+        weight = pick(self.weight) * pick(self.fofs_mask) if self.fofs else pick(self.weight)  # (B, k, c2, c)
+        y = torch.einsum("bkoc,bkchw->bkohw", weight.to(dtype), xs)  # only the k chosen W_e run
         text_k = torch.gather(text, 1, idx.unsqueeze(-1).expand(-1, -1, text.shape[-1]))  # (B, k, d)
         cross = (kind == 2).to(dtype)[..., None]  # (B, k, 1)
         w_t = pick(self.text_weight)
@@ -334,12 +354,21 @@ class SparseMoE(AuxLossBlock):
         return sim[:, off].mean()
 
     def aux_losses(self) -> dict[str, torch.Tensor]:
-        cos, idx = self.saved  # (B, Ne) cosines, (B, k) chosen experts
+        cos, idx, y = self.saved  # (B, Ne) cosines, (B, k) chosen experts, (B, k, c2, H, W) their outputs
         r = self.router
         balance = self.balance_loss((cos.float() / r.tau0).softmax(-1), idx)  # fixed temperature: see above
         logits = cos.float() / r.log_tau.exp().clamp_min(TAU_MIN)
         return {"moe_loss": balance.detach() if r.balance == "bias" else balance,
-                "moe_zloss": torch.logsumexp(logits, -1).pow(2).mean()}
+                "moe_zloss": torch.logsumexp(logits, -1).pow(2).mean(), "moe_etf": self.etf_loss(y)}
+
+    def etf_loss(self, y: torch.Tensor) -> torch.Tensor:
+        """Simplex-ETF loss of the chosen experts' outputs y (B, k, c2, H, W): per pixel, the MSE of the Gram matrix of
+        the k channel-normalised outputs to 1 on the diagonal and -1/(Ne - 1) off it."""
+        u = F.normalize(y.float(), dim=2)
+        gram = torch.einsum("bkohw,bjohw->bhwkj", u, u)  # (B, H, W, k, k)
+        eye = torch.eye(self.k, device=y.device)
+        target = eye + (1 - eye) * (-1.0 / (self.ne - 1))
+        return (gram - target).pow(2).mean()
 
     @staticmethod
     def chosen(idx: torch.Tensor):
