@@ -151,6 +151,18 @@ CASES = {
         ["f", "t"],
         ["y", "idx", "gates"],
     ),
+    "SparseMoE-affinity": (  # per-pixel class affinity in the routing score
+        lambda: RoutedMoE(SparseMoE([C, D], C, ne=8, k=3, affinity=1)),
+        [fmap(C), text],
+        ["f", "t"],
+        ["y", "idx", "gates"],
+    ),
+    "SparseMoE-fofs": (  # each expert reads its own channels: the mask travels with the gathered weights
+        lambda: RoutedMoE(SparseMoE([C, D], C, ne=8, k=3, fofs=1)),
+        [fmap(C), text],
+        ["f", "t"],
+        ["y", "idx", "gates"],
+    ),
     "ExpertEnsemble": (
         lambda: ListInput(randomize_norms(ExpertEnsemble([C, C, D], C))),
         [fmap(C), fmap(C), text],

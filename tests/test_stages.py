@@ -168,7 +168,7 @@ def test_collapsed_routing_costs_more_than_balanced_routing_at_every_temperature
     for tau in (0.03, 0.1, 1.0, 10.0):
         moe.router.log_tau.data.fill_(math.log(tau))
         for name, c in (("collapsed", collapsed_cos), ("balanced", balanced_cos)):
-            moe.saved = (c, c.topk(1, -1).indices)
+            moe.saved = (c, c.topk(1, -1).indices, torch.randn(64, 1, 16, 2, 2))
             costs[name, tau] = moe.aux_losses()["moe_loss"].item()
     for tau in (0.03, 1.0, 10.0):  # the learned temperature does not enter the term
         assert costs["collapsed", tau] == costs["collapsed", 0.1] and costs["balanced", tau] == costs["balanced", 0.1]
@@ -301,6 +301,71 @@ def test_each_region_is_routed_on_its_own_content():
     moe([g, t])
     changed = (moe.last_routing[0] - probs).abs().amax(1) > 1e-6
     assert changed.tolist() == [False, True, False, False]
+
+
+def test_class_affinity_routes_units_towards_experts_of_the_classes_their_pixels_resemble():
+    """affinity=True: a unit whose pixels match class c's text adds beta * pi_i[c] to expert i's score (pi_i: the
+    expert's class mixture), so the prompts move different images' routing differently; its weights learn."""
+    from ultralytics_dsmoe.nn import ExpertRouter
+
+    torch.manual_seed(0)
+    router = ExpertRouter(8, 8, ne=6, k=2, dg=8, affinity=True).eval()
+    plain = ExpertRouter(8, 8, ne=6, k=2, dg=8).eval()
+    plain.load_state_dict(router.state_dict(), strict=False)  # the same router without the term
+    with torch.no_grad():
+        router.pixel.weight.copy_(torch.eye(8)[..., None, None]), router.pixel.bias.zero_()
+        router.anchor.weight.copy_(torch.eye(8)), router.anchor.bias.zero_()
+    t = (5 * torch.eye(8)[:2]).expand(2, -1, -1)  # two class texts along e0 and e1
+    f = torch.zeros(2, 8, 4, 4)
+    f[0, 0], f[1, 1] = 1.0, 1.0  # image 0 looks like class 0 everywhere, image 1 like class 1
+    abar = router.class_affinity(f, t)
+    torch.testing.assert_close(abar, torch.eye(2), atol=1e-3, rtol=0)
+    router(f, t), plain(f, t)
+    mix = router.class_mixture(t)  # (B, Ne, nc)
+    torch.testing.assert_close(router.cos - plain.cos, mix[:, :, 0] * torch.tensor([[1.0], [0.0]]) +
+                               mix[:, :, 1] * torch.tensor([[0.0], [1.0]]), atol=1e-3, rtol=0)
+    moe = SparseMoE([16, 8], 16, ne=6, k=2, affinity=1)
+    moe([torch.randn(3, 16, 5, 5), torch.randn(3, 2, 8)]).square().sum().backward()
+    assert moe.router.pixel.weight.grad.abs().sum() > 0 and moe.router.beta.grad.abs() > 0
+
+
+def test_etf_loss_is_the_gram_matrix_error_to_the_simplex_frame():
+    """moe_etf against a per-pixel loop; zero for outputs that form the simplex frame, and larger for copies."""
+    torch.manual_seed(0)
+    moe = SparseMoE([16, 8], 4, ne=4, k=3)
+    y = torch.randn(2, 3, 4, 3, 5)
+    ref = []
+    for b in range(2):
+        for i in range(3):
+            for j in range(5):
+                u = F.normalize(y[b, :, :, i, j], dim=1)  # (k, c2)
+                target = torch.full((3, 3), -1 / 3).fill_diagonal_(1.0)
+                ref.append((u @ u.T - target).pow(2).mean())
+    torch.testing.assert_close(moe.etf_loss(y), torch.stack(ref).mean())
+    simplex = torch.eye(4) - 0.25  # 4 centred basis vectors: pairwise cosine -1/3 = -1/(Ne - 1)
+    frame = simplex[:3, :, None, None].expand(1, 3, 4, 1, 1).clone()
+    assert moe.etf_loss(frame) < 1e-10
+    assert moe.etf_loss(frame[:, :1].expand(-1, 3, -1, -1, -1)) > 0.5  # three copies of one expert
+
+
+def test_fofs_gives_each_expert_only_its_own_channels():
+    """fofs=1: an expert's output depends on its 1/Ne of the input channels only, for all three expert kinds."""
+    torch.manual_seed(0)
+    moe = SparseMoE([16, 8], 8, ne=4, k=4, fofs=1).eval()
+    f, t = torch.randn(1, 16, 6, 6), torch.randn(1, 2, 8)
+    every = torch.arange(4)[None]
+    text = moe.router.expert_text(t)
+    y = moe.experts(moe.expert_inputs(f), every, text)  # (1, Ne, c2, H, W): experts 0 local, 1 global, 2-3 cross
+    for e, chunk in enumerate(torch.arange(16).tensor_split(4)):
+        g = f.clone()
+        others = torch.ones(16, dtype=torch.bool)
+        others[chunk] = False
+        g[:, others] = torch.randn(1, int(others.sum()), 6, 6)  # change every channel but expert e's
+        y2 = moe.experts(moe.expert_inputs(g), every, text)
+        torch.testing.assert_close(y2[:, e], y[:, e])
+        assert all(not torch.allclose(y2[:, j], y[:, j]) for j in range(4) if j != e)
+    with pytest.raises(ValueError, match="needs c >= 32"):
+        SparseMoE([16, 8], 8, ne=32, k=4, fofs=1)
 
 
 # ------------------------------------------------------------------------------------------- model-level behaviour

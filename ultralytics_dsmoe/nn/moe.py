@@ -53,6 +53,19 @@ class ExpertRouter(TransientState):
     routing varies little; on augmented training batches (6 epochs) 17 experts were used with the balance loss
     and 11 without.
 
+    Class affinity (``affinity=True``; off by default until measured): the routing score also asks which classes the
+    routed unit's pixels look like, and gives it to the experts whose text is made of those classes:
+
+        a_c(x)    = softmax_c(<W_p F_b(x), W_a T_hat_c>_cos / tau_a)     per pixel, (B, nc, H, W)
+        abar_c    = mean_x a_c(x)                                      per routed unit, (B, nc)
+        pi_i      = softmax(q_i T_hat^T / sqrt(d))                     expert i's class mixture (the same attention
+                                                                       that builds T_i), (B, Ne, nc)
+        cos_i    += beta * <abar, pi_i>                                beta learnable, initialised at 1
+
+    Without it, text reaches the routing score only through the expert keys psi(T_i), the same for every image of a
+    dataset; with it, the text is compared with each pixel, so the prompts move different images' routing
+    differently (the issue's "text that meets the image").
+
     Loss-free balancing (``balance='bias'``, DeepSeek-V3): the bias b only changes which experts are selected, never the
     gates. Training forwards count each expert's routing slots (``load``); after each optimiser step ``update_bias``
     moves b by ``bias_rate * sign(mean load - load_e)`` outside autograd, with the loads summed over DDP ranks, so
@@ -71,13 +84,15 @@ class ExpertRouter(TransientState):
         balance: 'switch' (Switch load-balancing loss) or 'bias' (loss-free bias balancing).
         bias_rate: step of the selection bias per optimiser step (DeepSeek-V3's gamma, 1e-3, on scores in [0, 1]).
         units: routed units per image in f (SparseMoE's regions, s^2; 1 = per image).
+        affinity: add the per-pixel class-affinity term to the routing score.
     """
 
     TRANSIENT = ("cos", "load")
     balance, tau0, bias_rate, units = "switch", 0.1, 1e-3, 1  # class defaults: routers pickled by 0.1.0 lack them
+    affinity = False  # class default: routers pickled before the option existed
 
     def __init__(self, c: int, d: int, ne: int = 32, k: int = 5, dg: int = 128, tau: float = 0.1,
-                 balance: str = "switch", bias_rate: float = 1e-3, units: int = 1):
+                 balance: str = "switch", bias_rate: float = 1e-3, units: int = 1, affinity: bool = False):
         super().__init__()
         if not 1 <= k <= ne:
             raise ValueError(f"ExpertRouter: top-k must be in [1, {ne}], got {k}")
@@ -92,12 +107,28 @@ class ExpertRouter(TransientState):
         self.psi = mlp(d, 128, dg)
         self.queries = nn.Parameter(torch.randn(ne, d))  # the scale of T_hat (LayerNorm: unit per element)
         self.log_tau = nn.Parameter(torch.tensor(float(tau)).log())
+        self.affinity = bool(affinity)
+        if self.affinity:
+            self.pixel = nn.Conv2d(c, dg, 1)  # W_p
+            self.anchor = nn.Linear(d, dg)  # W_a
+            self.log_tau_a = nn.Parameter(torch.tensor(0.1).log())
+            self.beta = nn.Parameter(torch.tensor(1.0))
+
+    def class_mixture(self, t: torch.Tensor) -> torch.Tensor:
+        """(B, nc, d) class texts -> (B, Ne, nc): each expert query's attention over the classes."""
+        d = self.psi[0].in_features  # a Python int, not a traced size: no tensor-to-float conversion when exporting
+        return (torch.einsum("ed,bcd->bec", self.queries.to(t.dtype), t) / math.sqrt(d)).softmax(-1)
 
     def expert_text(self, t: torch.Tensor) -> torch.Tensor:
         """(B, nc, d) class texts -> (B, Ne, d) expert texts T_i."""
-        d = self.psi[0].in_features  # a Python int, not a traced size: no tensor-to-float conversion when exporting
-        attn = torch.einsum("ed,bcd->bec", self.queries.to(t.dtype), t) / math.sqrt(d)
-        return self.queries.to(t.dtype) + attn.softmax(-1) @ t
+        return self.queries.to(t.dtype) + self.class_mixture(t) @ t
+
+    def class_affinity(self, f: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """F_b (U, C, H, W), T_hat (U, nc, d) -> (U, nc): the mean over the unit's pixels of their class assignment."""
+        p = F.normalize(self.pixel(f).float(), dim=1)  # (U, dg, H, W)
+        a = F.normalize(self.anchor(t).float(), dim=-1)  # (U, nc, dg)
+        logits = torch.einsum("ughw,ucg->uchw", p, a) / self.log_tau_a.exp().clamp_min(TAU_MIN)
+        return logits.softmax(1).mean((2, 3))
 
     def descriptor(self, f: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, 2C) average- and max-pooled features, standardised across images."""
@@ -118,6 +149,10 @@ class ExpertRouter(TransientState):
         text = repeat_units(text, self.units)
         phi = F.normalize(self.phi(self.descriptor(f)).float(), dim=-1)  # (B, d_g)
         cos = torch.einsum("bg,beg->be", phi, psi)  # (B, Ne) in [-1, 1]
+        if self.affinity:  # + beta <abar, pi_i>: which classes the unit looks like, matched to each expert's classes
+            units_t = repeat_units(t, self.units)
+            mix = repeat_units(self.class_mixture(t), self.units).float()  # (B, Ne, nc)
+            cos = cos + self.beta * torch.einsum("bc,bec->be", self.class_affinity(f, units_t), mix)
         probs = (cos / self.log_tau.exp().clamp_min(TAU_MIN)).softmax(-1)  # eq. 20
         idx = self.select(probs)
         top = probs.gather(1, idx)
@@ -184,6 +219,16 @@ class SparseMoE(AuxLossBlock):
     - optional router z-loss ``moe_zloss = mean(logsumexp(logits)^2)`` (ST-MoE), gain ``moe_zloss`` (default 0: off).
     ``last_routing`` holds the last forward's (probs, idx), detached, for routing reports.
 
+    Expert diversity (MoECLIP), both off by default until measured:
+    - ``fofs=1`` (Frozen Orthogonal Feature Separation): expert e sees only its own contiguous 1/Ne of the input
+      channels. MoECLIP draws a frozen orthonormal (r x chunk) down-projection per expert; at full rank r = chunk,
+      as here, that is a fixed rotation of the chunk that the expert's own projection absorbs, so the frozen part is
+      a channel mask on the stacked bank (still one gather per routed unit, exported alike).
+    - ``moe_etf`` (model-YAML gain, 0 = off): the simplex equiangular-tight-frame loss on the chosen experts' outputs:
+      at every pixel the k outputs, L2-normalised over channels, should have cosine 1 with themselves and
+      -1/(Ne - 1) with each other (the most spread Ne unit vectors can be); the term is the mean squared error of
+      their Gram matrix to that target.
+
     Routing granularity (``regions``): 1 routes each image as a whole (eqs. 20-21). s > 1 cuts the map into an
     s x s grid of regions (the most even split: regions of ceil(H/s) x ceil(W/s) cells, the map zero-padded to
     whole regions and cropped after) and routes each region on its own descriptor, as MoECLIP routes patches: a
@@ -200,15 +245,18 @@ class SparseMoE(AuxLossBlock):
         k: experts per sample (paper: floor(log2 Ne) = 5).
         balance: load-balancing scheme, 'switch' or 'bias' (see above).
         regions: routing grid side s: 1 = per image (the paper), s > 1 = per region of an s x s grid.
+        affinity: the router's per-pixel class-affinity term (``ExpertRouter``); 0 = off (default), 1 = on.
+        fofs: 1 = each expert sees only its own 1/Ne of the input channels (above); 0 = off (default).
     """
 
     # Switch Transformer's balance coefficient (Fedus et al. 2021); ST-MoE's z-loss coefficient is 1e-3 (off by default)
-    AUX_LOSSES = {"moe_loss": ("moe_balance", 0.01), "moe_zloss": ("moe_zloss", 0.0)}
+    AUX_LOSSES = {"moe_loss": ("moe_balance", 0.01), "moe_zloss": ("moe_zloss", 0.0), "moe_etf": ("moe_etf", 0.0)}
     TRANSIENT = ("saved", "last_routing")
     # class defaults: blocks pickled before routing granularity existed route per image (and never need c_in, c_out)
-    regions, c_in, c_out = 1, 0, 0
+    regions, c_in, c_out, fofs = 1, 0, 0, False
 
-    def __init__(self, c1: list[int], c2: int, ne: int = 32, k: int = 5, balance: str = "switch", regions: int = 1):
+    def __init__(self, c1: list[int], c2: int, ne: int = 32, k: int = 5, balance: str = "switch", regions: int = 1,
+                 affinity: int = 0, fofs: int = 0):
         super().__init__()
         c, d = c1
         if ne < 3:
@@ -217,7 +265,7 @@ class SparseMoE(AuxLossBlock):
             raise ValueError(f"SparseMoE regions is the side of the routing grid, an integer >= 1, got {regions!r}")
         self.ne, self.k, self.half, self.regions = ne, k, c // 2, int(regions)
         self.c_in, self.c_out = c, c2  # Python ints: the region reshapes keep channels static when exported
-        self.router = ExpertRouter(c, d, ne, k, balance=balance, units=self.regions**2)
+        self.router = ExpertRouter(c, d, ne, k, balance=balance, units=self.regions**2, affinity=bool(affinity))
         a, b = self.half, c - self.half
         self.local_h = nn.ModuleList(nn.Conv2d(a, a, (s, 1), padding=(s // 2, 0), groups=a, bias=False) for s in (3, 5))
         self.local_v = nn.ModuleList(nn.Conv2d(b, b, (1, s), padding=(0, s // 2), groups=b, bias=False) for s in (3, 5))
@@ -228,6 +276,14 @@ class SparseMoE(AuxLossBlock):
         self.ln_bias = nn.Parameter(torch.zeros(ne, c2))
         kind = torch.tensor([0, 1] + [2] * (ne - 2))  # 0 local, 1 global, 2 cross-modal
         self.register_buffer("kind", kind, persistent=False)
+        self.fofs = bool(fofs)
+        if self.fofs:
+            if c < ne:
+                raise ValueError(f"SparseMoE fofs gives each of {ne} experts its own channels: needs c >= {ne}, got {c}")
+            mask = torch.zeros(ne, 1, c)
+            for e, chunk in enumerate(torch.arange(c).tensor_split(ne)):
+                mask[e, 0, chunk] = 1.0
+            self.register_buffer("fofs_mask", mask, persistent=False)  # (Ne, 1, c): expert e's channels
         self.saved = None
         self.last_routing = None  # (probs (B, Ne), idx (B, k)) of the last forward, for routing reports
 
@@ -254,7 +310,7 @@ class SparseMoE(AuxLossBlock):
         probs, idx, gates, text = self.router(f, t)
         y = self.experts(inputs, idx, text)  # (B, k, c2, H, W)
         out = torch.einsum("bk,bkohw->bohw", gates.to(f.dtype), y)
-        self.remember(self.router.cos, idx)
+        self.remember(self.router.cos, idx, y)
         if not torch.jit.is_tracing():
             self.last_routing = (probs.detach(), idx.detach())
         return merge_regions(out, self.regions, self.c_out, h, w)
@@ -273,7 +329,8 @@ class SparseMoE(AuxLossBlock):
         pick = self.chosen(idx)
         kind = pick(self.kind)  # (B, k)
         xs = torch.einsum("bkt,btchw->bkchw", F.one_hot(kind, 3).to(dtype), inputs)
-        y = torch.einsum("bkoc,bkchw->bkohw", pick(self.weight).to(dtype), xs)  # only the k chosen W_e run
+        weight = pick(self.weight) * pick(self.fofs_mask) if self.fofs else pick(self.weight)  # (B, k, c2, c)
+        y = torch.einsum("bkoc,bkchw->bkohw", weight.to(dtype), xs)  # only the k chosen W_e run
         text_k = torch.gather(text, 1, idx.unsqueeze(-1).expand(-1, -1, text.shape[-1]))  # (B, k, d)
         cross = (kind == 2).to(dtype)[..., None]  # (B, k, 1)
         w_t = pick(self.text_weight)
@@ -297,12 +354,21 @@ class SparseMoE(AuxLossBlock):
         return sim[:, off].mean()
 
     def aux_losses(self) -> dict[str, torch.Tensor]:
-        cos, idx = self.saved  # (B, Ne) cosines, (B, k) chosen experts
+        cos, idx, y = self.saved  # (B, Ne) cosines, (B, k) chosen experts, (B, k, c2, H, W) their outputs
         r = self.router
         balance = self.balance_loss((cos.float() / r.tau0).softmax(-1), idx)  # fixed temperature: see above
         logits = cos.float() / r.log_tau.exp().clamp_min(TAU_MIN)
         return {"moe_loss": balance.detach() if r.balance == "bias" else balance,
-                "moe_zloss": torch.logsumexp(logits, -1).pow(2).mean()}
+                "moe_zloss": torch.logsumexp(logits, -1).pow(2).mean(), "moe_etf": self.etf_loss(y)}
+
+    def etf_loss(self, y: torch.Tensor) -> torch.Tensor:
+        """Simplex-ETF loss of the chosen experts' outputs y (B, k, c2, H, W): per pixel, the MSE of the Gram matrix of
+        the k channel-normalised outputs to 1 on the diagonal and -1/(Ne - 1) off it."""
+        u = F.normalize(y.float(), dim=2)
+        gram = torch.einsum("bkohw,bjohw->bhwkj", u, u)  # (B, H, W, k, k)
+        eye = torch.eye(self.k, device=y.device)
+        target = eye + (1 - eye) * (-1.0 / (self.ne - 1))
+        return (gram - target).pow(2).mean()
 
     @staticmethod
     def chosen(idx: torch.Tensor):
