@@ -38,6 +38,27 @@ def run(cmd: list, cwd: Path, env: dict | None = None, timeout: int = 900):
                           timeout=timeout)
 
 
+INTERRUPTED_TRAINING = """
+from ultralytics import YOLO
+model = YOLO({model!r})
+def stop(trainer):
+    if trainer.epoch == 0:
+        raise KeyboardInterrupt("simulated crash after epoch 1")
+model.add_callback("on_fit_epoch_end", stop)
+try:
+    model.train(data={data!r}, epochs=2, imgsz=64, batch=4, workers=0, plots=False, project={project!r}, name={name!r},
+                exist_ok=True)
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+
+
+def interrupted_training(model, data, project, name) -> str:
+    """Python source that trains ``model`` for 2 epochs at 64 px and crashes it after epoch 1, printing 'interrupted'
+    (the run's last.pt is then a resumable checkpoint)."""
+    return INTERRUPTED_TRAINING.format(model=str(model), data=str(data), project=str(project), name=name)
+
+
 def run_python(code: str, cwd: Path, env: dict | None = None):
     """Run ``python -c code`` in a fresh interpreter of this environment."""
     return run([sys.executable, "-c", code], cwd, env)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run, run_python
+from conftest import interrupted_training, run, run_python
 from ultralytics_dsmoe.data.synthetic import generate
 
 YOLO = Path(sys.executable).with_name("yolo")
@@ -203,20 +203,7 @@ def test_network_audit_detects_attempts(sandbox):
 def test_resume_continues_an_interrupted_run_with_the_same_loss_columns(sandbox):
     """A run stopped after epoch 1 of 2 resumes from last.pt: epoch 2 is trained, results.csv keeps its columns."""
     root, env, log = sandbox
-    code = f"""
-from ultralytics import YOLO
-model = YOLO("dsmoe-n.yaml")
-def stop(trainer):
-    if trainer.epoch == 0:
-        raise KeyboardInterrupt("simulated crash after epoch 1")
-model.add_callback("on_fit_epoch_end", stop)
-try:
-    model.train(data={str(root / 'data.yaml')!r}, epochs=2, imgsz=64, batch=4, workers=0, plots=False,
-                project={str(root / 'runs')!r}, name="resume", exist_ok=True)
-except KeyboardInterrupt:
-    print("interrupted")
-"""
-    r = run_python(code, root / "work", env)
+    r = run_python(interrupted_training("dsmoe-n.yaml", root / "data.yaml", root / "runs", "resume"), root / "work", env)
     assert "interrupted" in r.stdout, (r.stdout + r.stderr)[-3000:]
     last = root / "runs" / "resume" / "weights" / "last.pt"
     r = run_python(f"from ultralytics import YOLO; YOLO({str(last)!r}).train(resume=True)", root / "work", env)

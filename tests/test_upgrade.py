@@ -16,7 +16,7 @@ import torch
 from ultralytics import YOLO
 from ultralytics.nn.tasks import DetectionModel, yaml_model_load
 
-from conftest import run
+from conftest import interrupted_training, run
 from ultralytics_dsmoe import benchmark
 from ultralytics_dsmoe.data.synthetic import generate
 from ultralytics_dsmoe.nn import ClassText, HyperbolicAlign, ResidualGate, SparseMoE
@@ -139,21 +139,7 @@ def test_upgrade_fine_tunes_resumes_validates_exports_and_predicts_through_stock
     r = run([str(BIN / "dsmoe"), "upgrade", str(base), "--out", str(root / "line-dsmoe.pt"),
              "--data", str(root / "data.yaml")], root)
     assert r.returncode == 0 and "every source tensor mapped" in r.stdout + r.stderr, (r.stdout + r.stderr)[-3000:]
-    common = ["data=" + str(root / "data.yaml"), "imgsz=64", "batch=4", "workers=0", "plots=False",
-              "project=" + str(root / "runs"), "name=ft", "exist_ok=True"]
-    code = f"""
-from ultralytics import YOLO
-model = YOLO({str(root / 'line-dsmoe.pt')!r})
-def stop(trainer):
-    if trainer.epoch == 0:
-        raise KeyboardInterrupt("simulated crash after epoch 1")
-model.add_callback("on_fit_epoch_end", stop)
-try:
-    model.train(data={str(root / 'data.yaml')!r}, epochs=2, imgsz=64, batch=4, workers=0, plots=False,
-                project={str(root / 'runs')!r}, name="ft", exist_ok=True)
-except KeyboardInterrupt:
-    print("interrupted")
-"""
+    code = interrupted_training(root / "line-dsmoe.pt", root / "data.yaml", root / "runs", "ft")
     r = run([sys.executable, "-c", code], root)
     assert "interrupted" in r.stdout, (r.stdout + r.stderr)[-3000:]
     assert "reusing the checkpoint's embeddings" in r.stdout + r.stderr  # same classes: the upgrade's text is kept
@@ -166,7 +152,7 @@ except KeyboardInterrupt:
     tuned = YOLO(str(weights / "last.pt")).model
     gain = next(m for m in tuned.modules() if isinstance(m, ResidualGate)).gain
     assert gain.abs().max() > 0  # training moved the gate off zero
-    for args in (["val", f"model={weights / 'best.pt'}", *common[:3]],
+    for args in (["val", f"model={weights / 'best.pt'}", f"data={root / 'data.yaml'}", "imgsz=64", "batch=4"],
                  ["export", f"model={weights / 'best.pt'}", "format=onnx", "imgsz=64"]):
         r = run([str(BIN / "yolo"), *args], root)
         assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]

@@ -180,8 +180,10 @@ def has_experts(model: str) -> bool:
     """Whether a model config routes through sparse experts (then the benchmark reports its routing)."""
     from ultralytics.nn.tasks import yaml_model_load
 
-    return model.endswith(".yaml") and any(row[2] == "SparseMoE" for row in yaml_model_load(model)["backbone"] +
-                                           yaml_model_load(model)["head"])
+    if not model.endswith(".yaml"):
+        return False
+    d = yaml_model_load(model)
+    return any(row[2] == "SparseMoE" for row in d["backbone"] + d["head"])
 
 
 def train_and_evaluate(spec: dict) -> dict:
@@ -214,12 +216,13 @@ def train_and_evaluate(spec: dict) -> dict:
     model.train(data=spec["data"], project=spec["project"], name=spec["name"], exist_ok=True, **spec["train"])
     peak_cuda = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
     best = str(model.trainer.best if Path(model.trainer.best).exists() else model.trainer.last)
-    metrics = YOLO(best).val(data=spec["data"], split=spec["split"], imgsz=spec["train"]["imgsz"],
+    checkpoint = YOLO(best)
+    gains = [m.gain.detach().float().abs() for m in checkpoint.model.modules() if type(m).__name__ == "ResidualGate"]
+    metrics = checkpoint.val(data=spec["data"], split=spec["split"], imgsz=spec["train"]["imgsz"],
                              batch=spec["train"]["batch"], device=spec["train"].get("device"), plots=False,
                              project=spec["project"], name=f"{spec['name']}-{spec['split']}", exist_ok=True)
     p, r = float(metrics.box.mp), float(metrics.box.mr)
     steps = clock["steps"][min(3, len(clock["steps"]) - 1):]  # the first steps pay for lazy initialisation
-    gains = [m.gain.detach().float().abs() for m in YOLO(best).model.modules() if type(m).__name__ == "ResidualGate"]
     return {
         "gate_mean_abs": float(torch.cat(gains).mean()) if gains else None,  # upgrades: how far training opened the gate
         "best": best, "map50": float(metrics.box.map50), "map50_95": float(metrics.box.map),
@@ -390,8 +393,7 @@ def markdown(report: dict) -> str:
             lines.append(f"| {v} | {what} | {r['map50'][0]:.3f} +- {r['map50'][1]:.3f} | {r['map50_95'][0]:.3f} +- "
                          f"{r['map50_95'][1]:.3f} | {r['gain_pp'][0]:+.2f} +- {r['gain_pp'][1]:.2f} | "
                          f"{'-' if v == f['stock'] or len(f['seeds']) < 2 else 'yes' if r['beyond_spread'] else 'no'} | "
-                         f"{r['gflops_ratio']:.3f} | "
-                         f"{r['ort_ratio']:.2f} |")
+                         f"{r['gflops_ratio']:.3f} | {r['ort_ratio']:.2f} |")
         lines += ["", "| upgrade target | measured | limit | met |", "|---|---:|---:|---|"]
         lines += [f"| {k} | {v:.3f} | {lim} | {'yes' if met else 'no'} |" for k, (v, lim, met) in f["targets"].items()]
     routing = {k: r["routing"] for k, r in report["models"].items() if r.get("routing")}

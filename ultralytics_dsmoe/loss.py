@@ -94,7 +94,11 @@ class AuxLosses:
         if not self.terms:
             return loss, items
         batch_size = batch["img"].shape[0]
-        values = {m: m.aux_losses() for _, _, modules in self.terms for m in modules}  # each block's terms, once
+        wanted = {}  # block -> the terms that are on (a gain of 0 is never computed)
+        for column, _, modules in self.terms:
+            for m in modules:
+                wanted.setdefault(m, set()).add(column)
+        values = {m: m.aux_losses(columns) for m, columns in wanted.items()}  # each block's terms, once
         extra = []
         for column, gain, modules in self.terms:
             term = gain * torch.stack([values[m][column] for m in modules]).mean().to(loss.dtype)

@@ -82,8 +82,8 @@ class FeatureAggregate(AuxLossBlock):
         self.remember(fe, gate)
         return self.out(fe * gate)
 
-    def aux_losses(self) -> dict[str, torch.Tensor]:
-        return {"align_loss": self.align_loss(*self.saved)}
+    def aux_losses(self, terms=None) -> dict[str, torch.Tensor]:
+        return {"align_loss": self.align_loss(*self.saved)}  # its one term
 
     def align_loss(self, fe: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         """Eq. 27 in closed form: mean over pixels of 1 - cos(grad wrt F_e, grad wrt F_MoE)."""

@@ -119,9 +119,9 @@ class ExpertRouter(TransientState):
         d = self.psi[0].in_features  # a Python int, not a traced size: no tensor-to-float conversion when exporting
         return (torch.einsum("ed,bcd->bec", self.queries.to(t.dtype), t) / math.sqrt(d)).softmax(-1)
 
-    def expert_text(self, t: torch.Tensor) -> torch.Tensor:
-        """(B, nc, d) class texts -> (B, Ne, d) expert texts T_i."""
-        return self.queries.to(t.dtype) + self.class_mixture(t) @ t
+    def expert_text(self, t: torch.Tensor, mix: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, nc, d) class texts -> (B, Ne, d) expert texts T_i (``mix``: their class mixture, if already computed)."""
+        return self.queries.to(t.dtype) + (self.class_mixture(t) if mix is None else mix) @ t
 
     def class_affinity(self, f: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """F_b (U, C, H, W), T_hat (U, nc, d) -> (U, nc): the mean over the unit's pixels of their class assignment."""
@@ -144,15 +144,15 @@ class ExpertRouter(TransientState):
         """F_b (B, C, H, W), T_hat (B / r, nc, d) -> probs (B, Ne), idx (B, k), gates (B, k), expert texts (B, Ne, d).
         f holds r = ``units`` routed units per image (regions, image-major; 1 = the image itself): the expert keys,
         which depend on the text alone, are computed once per image."""
-        text = self.expert_text(t)
+        mix = self.class_mixture(t)  # (B, Ne, nc)
+        text = self.expert_text(t, mix)
         psi = repeat_units(F.normalize(self.psi(text).float(), dim=-1), self.units)  # (B, Ne, d_g)
         text = repeat_units(text, self.units)
         phi = F.normalize(self.phi(self.descriptor(f)).float(), dim=-1)  # (B, d_g)
         cos = torch.einsum("bg,beg->be", phi, psi)  # (B, Ne) in [-1, 1]
         if self.affinity:  # + beta <abar, pi_i>: which classes the unit looks like, matched to each expert's classes
-            units_t = repeat_units(t, self.units)
-            mix = repeat_units(self.class_mixture(t), self.units).float()  # (B, Ne, nc)
-            cos = cos + self.beta * torch.einsum("bc,bec->be", self.class_affinity(f, units_t), mix)
+            abar = self.class_affinity(f, repeat_units(t, self.units))  # (B, nc)
+            cos = cos + self.beta * torch.einsum("bc,bec->be", abar, repeat_units(mix, self.units).float())
         probs = (cos / self.log_tau.exp().clamp_min(TAU_MIN)).softmax(-1)  # eq. 20
         idx = self.select(probs)
         top = probs.gather(1, idx)
@@ -353,13 +353,19 @@ class SparseMoE(AuxLossBlock):
         off = ~torch.eye(self.ne, dtype=torch.bool, device=f.device)
         return sim[:, off].mean()
 
-    def aux_losses(self) -> dict[str, torch.Tensor]:
+    def aux_losses(self, terms=None) -> dict[str, torch.Tensor]:
         cos, idx, y = self.saved  # (B, Ne) cosines, (B, k) chosen experts, (B, k, c2, H, W) their outputs
         r = self.router
-        balance = self.balance_loss((cos.float() / r.tau0).softmax(-1), idx)  # fixed temperature: see above
-        logits = cos.float() / r.log_tau.exp().clamp_min(TAU_MIN)
-        return {"moe_loss": balance.detach() if r.balance == "bias" else balance,
-                "moe_zloss": torch.logsumexp(logits, -1).pow(2).mean(), "moe_etf": self.etf_loss(y)}
+
+        def balance():
+            value = self.balance_loss((cos.float() / r.tau0).softmax(-1), idx)  # fixed temperature: see above
+            return value.detach() if r.balance == "bias" else value
+
+        def zloss():
+            return torch.logsumexp(cos.float() / r.log_tau.exp().clamp_min(TAU_MIN), -1).pow(2).mean()
+
+        compute = {"moe_loss": balance, "moe_zloss": zloss, "moe_etf": lambda: self.etf_loss(y)}
+        return {name: fn() for name, fn in compute.items() if terms is None or name in terms}
 
     def etf_loss(self, y: torch.Tensor) -> torch.Tensor:
         """Simplex-ETF loss of the chosen experts' outputs y (B, k, c2, H, W): per pixel, the MSE of the Gram matrix of

@@ -36,6 +36,6 @@ class AuxLossBlock(TransientState):
         if not torch.jit.is_tracing():
             self.saved = tensors
 
-    def aux_losses(self) -> dict[str, torch.Tensor]:
-        """Term name -> scalar loss, computed from the last forward."""
+    def aux_losses(self, terms=None) -> dict[str, torch.Tensor]:
+        """Term name -> scalar loss, computed from the last forward: the names in ``terms``, or all of them (None)."""
         raise NotImplementedError

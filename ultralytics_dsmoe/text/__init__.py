@@ -44,14 +44,19 @@ def embed_prompts(prompts: list[str], text_model: str = "auto", pooling: str = "
 def controlled(embeddings: torch.Tensor, control: str) -> torch.Tensor:
     """The (nc, d) prompt embeddings under a text control: ``real`` as they are, ``shuffled`` rolled by one class (every
     class gets another's embedding when nc >= 2), ``random`` Gaussian directions (seed 0) with each row's norm kept."""
-    if control == "shuffled":
+    if checked_control(control) == "shuffled":
         return embeddings.roll(1, dims=0)
     if control == "random":
         r = torch.randn(embeddings.shape, generator=torch.Generator().manual_seed(0)).to(embeddings)
         return r / r.norm(dim=1, keepdim=True) * embeddings.norm(dim=1, keepdim=True)
-    if control != "real":
-        raise ValueError(f"text_control: {control!r} is not one of {', '.join(CONTROLS)}")
     return embeddings
+
+
+def checked_control(control) -> str:
+    """The model-yaml ``text_control`` value, or ValueError naming the valid ones."""
+    if control not in CONTROLS:
+        raise ValueError(f"text_control: {control!r} is not one of {', '.join(CONTROLS)}")
+    return str(control)
 
 
 def fill_text(model: torch.nn.Module, names: dict | list, data_prompts=None, root=None) -> None:
@@ -63,8 +68,7 @@ def fill_text(model: torch.nn.Module, names: dict | list, data_prompts=None, roo
         return
     cfg = model_cfg(model)
     spec, pooling = str(cfg.get("text_model", "auto")), str(cfg.get("text_pooling", "mean"))
-    control = str(cfg.get("text_control", "real"))
-    controlled(torch.zeros(1, 1), control)  # an unknown control fails before anything is embedded
+    control = checked_control(cfg.get("text_control", "real"))  # unknown: fails before anything is embedded
     names = [names[i] for i in sorted(names)] if isinstance(names, dict) else list(names)
     prompts = resolve_prompts(names, data_prompts, root)
     for block in blocks:
