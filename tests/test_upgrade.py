@@ -7,12 +7,14 @@ and predicts through the stock Ultralytics entry points."""
 
 import csv
 import json
+import pickle
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from ultralytics import YOLO
 from ultralytics.nn.tasks import DetectionModel, yaml_model_load
 
@@ -55,7 +57,7 @@ def test_upgrade_starts_exactly_where_the_source_is(tmp_path, cfg, family):
     assert Path(b.yaml["yaml_file"]).name == family and b.yaml["scale"] == "n" and b.names == NAMES
     assert len(added_rows(b)) == 10 and len(b.model) == len(a.model) + 10
     gates = [m for m in b.modules() if isinstance(m, ResidualGate)]
-    assert len(gates) == 1 and not gates[0].gain.any()
+    assert len(gates) == 1 and not gates[0].zero.weight.any()
     texts = [m for m in b.modules() if isinstance(m, ClassText)]
     assert texts[0].text_source["names"] == list(NAMES.values())  # embedded at upgrade time: predict needs no text model
     for shape in ((1, 3, 64, 64), (2, 3, 96, 160)):
@@ -66,7 +68,7 @@ def test_upgrade_starts_exactly_where_the_source_is(tmp_path, cfg, family):
     assert len(pa) > 0
     torch.testing.assert_close(pb.xyxy, pa.xyxy, atol=1e-5, rtol=0)
     torch.testing.assert_close(pb.conf, pa.conf, atol=1e-5, rtol=0)
-    gates[0].gain.data.fill_(10.0)  # the branch is live: opening the gate changes the output
+    gates[0].zero.weight.data.normal_(0, 0.5)  # the branch is live: opening the gate changes the output
     assert (outputs(a, x) - outputs(b, x)).abs().max() > 1e-3
 
 
@@ -115,7 +117,7 @@ def test_upgraded_model_exports_to_onnx_with_parity(tmp_path):
     torch.manual_seed(1)
     for m in model.model.modules():  # open the gates, so the exported graph's DS-MoE branch counts
         if isinstance(m, ResidualGate):
-            m.gain.data.normal_(0, 0.5)
+            m.zero.weight.data.normal_(0, 0.5)
     expected = outputs(model.model.float().eval().fuse(), x := torch.rand(1, 3, 96, 96))
     file = model.export(format="onnx", imgsz=96, simplify=False, device="cpu")
     got = ort.InferenceSession(file, providers=["CPUExecutionProvider"]).run(None, {"images": x.numpy()})[0]
@@ -150,8 +152,8 @@ def test_upgrade_fine_tunes_resumes_validates_exports_and_predicts_through_stock
         rows = list(csv.reader(f))
     assert [row[0].strip() for row in rows[1:]] == ["1", "2"] and "train/moe_loss" in [h.strip() for h in rows[0]]
     tuned = YOLO(str(weights / "last.pt")).model
-    gain = next(m for m in tuned.modules() if isinstance(m, ResidualGate)).gain
-    assert gain.abs().max() > 0  # training moved the gate off zero
+    zero = next(m for m in tuned.modules() if isinstance(m, ResidualGate)).zero.weight
+    assert zero.abs().max() > 0  # training moved the gate off zero
     for args in (["val", f"model={weights / 'best.pt'}", f"data={root / 'data.yaml'}", "imgsz=64", "batch=4"],
                  ["export", f"model={weights / 'best.pt'}", "format=onnx", "imgsz=64"]):
         r = run([str(BIN / "yolo"), *args], root)
@@ -213,7 +215,7 @@ def test_finetune_benchmark_reports_paired_gains_and_gates(trained_base, tmp_pat
                              "--latency-imgsz", "64", "--reps", "1", "--threads", "1", "--out", str(tmp_path)])
     assert list(report["models"]) == ["yolov8n-seed0", "yolov8n-seed1", "dsmoe-v8n-seed0", "dsmoe-v8n-seed1"]
     runs = report["models"]
-    assert runs["yolov8n-seed0"]["gate_mean_abs"] is None and runs["dsmoe-v8n-seed0"]["gate_mean_abs"] > 0
+    assert runs["yolov8n-seed0"]["branch_share"] is None and runs["dsmoe-v8n-seed0"]["branch_share"] > 0
     assert runs["dsmoe-v8n-seed1"]["gflops"] == runs["dsmoe-v8n-seed0"]["gflops"]  # cost measured once per variant
     f = report["finetune"]
     assert f["stock"] == "yolov8n" and list(f["variants"]) == ["yolov8n", "dsmoe-v8n"] and f["seeds"] == [0, 1]
@@ -234,3 +236,28 @@ def test_upgrade_costs_at_most_15_percent_more_flops_than_its_source(yolo, upgra
 
     ratio = model_costs(build(f"{upgraded}.yaml"), 640)["gflops"] / model_costs(build(f"{yolo}.yaml"), 640)["gflops"]
     assert 1.0 < ratio <= 1.15
+
+
+def test_zero_convolution_gate_trains_from_the_first_step_and_reads_old_checkpoints():
+    """Z = 0 returns the trunk exactly, yet dL/dZ is non-zero (a per-channel gain's gradient pairs channels only);
+    after one step the branch itself gets gradient. A pickled 0.2.0 gate (y = x + g * F) loads as Z = diag(g)."""
+    torch.manual_seed(0)
+    gate, branch = ResidualGate([8, 4]), nn.Conv2d(8, 4, 3, padding=1)
+    x = torch.randn(2, 8, 6, 6)
+    y = gate([x, branch(x)])
+    assert torch.equal(y, x)
+    (y * torch.randn_like(y)).sum().backward()
+    assert gate.zero.weight.grad.abs().min() > 0 and branch.weight.grad.abs().max() == 0  # only Z moves at step 1
+    with torch.no_grad():
+        gate.zero.weight -= 0.1 * gate.zero.weight.grad
+    branch.zero_grad()
+    y = gate([x, branch(x)])
+    (y * torch.randn_like(y)).sum().backward()
+    assert branch.weight.grad.abs().max() > 0  # step 2: the stages train
+
+    old = ResidualGate([4, 4])
+    del old.zero
+    old.gain = nn.Parameter(torch.tensor([0.5, -1.0, 0.0, 2.0]))
+    loaded = pickle.loads(pickle.dumps(old))
+    f = torch.randn(2, 4, 6, 6)
+    torch.testing.assert_close(loaded([x[:, :4], f]), x[:, :4] + old.gain.view(1, -1, 1, 1) * f)

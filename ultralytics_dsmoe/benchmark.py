@@ -217,14 +217,17 @@ def train_and_evaluate(spec: dict) -> dict:
     peak_cuda = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
     best = str(model.trainer.best if Path(model.trainer.best).exists() else model.trainer.last)
     checkpoint = YOLO(best)
-    gains = [m.gain.detach().float().abs() for m in checkpoint.model.modules() if type(m).__name__ == "ResidualGate"]
+    shares = []  # upgrades: |Z F(x)| / |x| at each ResidualGate on the evaluated images, how far training opened it
+    for m in checkpoint.model.modules():
+        if type(m).__name__ == "ResidualGate":
+            m.register_forward_hook(lambda m, args, y: shares.append(float((y - args[0][0]).norm() / args[0][0].norm())))
     metrics = checkpoint.val(data=spec["data"], split=spec["split"], imgsz=spec["train"]["imgsz"],
                              batch=spec["train"]["batch"], device=spec["train"].get("device"), plots=False,
                              project=spec["project"], name=f"{spec['name']}-{spec['split']}", exist_ok=True)
     p, r = float(metrics.box.mp), float(metrics.box.mr)
     steps = clock["steps"][min(3, len(clock["steps"]) - 1):]  # the first steps pay for lazy initialisation
     return {
-        "gate_mean_abs": float(torch.cat(gains).mean()) if gains else None,  # upgrades: how far training opened the gate
+        "branch_share": statistics.mean(shares) if shares else None,
         "best": best, "map50": float(metrics.box.map50), "map50_95": float(metrics.box.map),
         "precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0,
         "per_class_map50_95": {metrics.names[int(c)]: float(metrics.box.maps[c]) for c in metrics.ap_class_index},
@@ -316,7 +319,8 @@ def finetune_summary(results: dict, variants: list[str], seeds: list[int], base:
                    "gain_pp": [mean_gain, std_gain],
                    "beyond_spread": v != stock and len(seeds) > 1 and abs(mean_gain) > std_gain,
                    "gflops_ratio": runs[0]["gflops"] / results[f"{stock}-seed{seeds[0]}"]["gflops"],
-                   "ort_ratio": runs[0]["ort_ms"] / results[f"{stock}-seed{seeds[0]}"]["ort_ms"]}
+                   "ort_ratio": runs[0]["ort_ms"] / results[f"{stock}-seed{seeds[0]}"]["ort_ms"],
+                   "branch_share": mean_std([r["branch_share"] for r in runs]) if runs[0].get("branch_share") else None}
     full = next((v for v in variants[1:] if column_of(v) == "full"), None)
     targets = {}
     if full:
@@ -386,14 +390,16 @@ def markdown(report: dict) -> str:
                   "Every variant starts from the same checkpoint and trains with the recipe above. Gain: mAP50-95 minus the "
                   f"stock model's, paired seed by seed, mean +- std (pp); 'counts' when |mean| > std. Cost: against "
                   f"{f['stock']}.", "",
-                  "| variant | what it adds | mAP50 | mAP50-95 | gain (pp) | counts | GFLOPs x | ORT latency x |",
-                  "|---|---|---:|---:|---:|---|---:|---:|"]
+                  "Branch share: |Z F(x)| / |x| at the upgrade's gate on the report split, how far training opened it.",
+                  "", "| variant | what it adds | mAP50 | mAP50-95 | gain (pp) | counts | GFLOPs x | ORT latency x | "
+                  "branch share |", "|---|---|---:|---:|---:|---|---:|---:|---:|"]
         for v, r in f["variants"].items():
             what = "stock fine-tune" if v == f["stock"] else column_label(v)
             lines.append(f"| {v} | {what} | {r['map50'][0]:.3f} +- {r['map50'][1]:.3f} | {r['map50_95'][0]:.3f} +- "
                          f"{r['map50_95'][1]:.3f} | {r['gain_pp'][0]:+.2f} +- {r['gain_pp'][1]:.2f} | "
                          f"{'-' if v == f['stock'] or len(f['seeds']) < 2 else 'yes' if r['beyond_spread'] else 'no'} | "
-                         f"{r['gflops_ratio']:.3f} | {r['ort_ratio']:.2f} |")
+                         f"{r['gflops_ratio']:.3f} | {r['ort_ratio']:.2f} | "
+                         f"{'-' if r.get('branch_share') is None else '%.3f +- %.3f' % tuple(r['branch_share'])} |")
         lines += ["", "| upgrade target | measured | limit | met |", "|---|---:|---:|---|"]
         lines += [f"| {k} | {v:.3f} | {lim} | {'yes' if met else 'no'} |" for k, (v, lim, met) in f["targets"].items()]
     routing = {k: r["routing"] for k, r in report["models"].items() if r.get("routing")}

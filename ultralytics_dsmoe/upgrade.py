@@ -4,7 +4,7 @@
     dsmoe upgrade runs/detect/train/weights/best.pt --out line3-dsmoe.pt --data line3.yaml
 
 The upgrade configs (``dsmoe-v8.yaml``, ``dsmoe-11.yaml``) are the YOLO config with the DS-MoE stages inserted on the
-P4 path as a residual branch closed by a ``ResidualGate`` whose gain starts at zero. The inserted rows shift
+P4 path as a residual branch closed by a ``ResidualGate`` (a zero convolution). The inserted rows shift
 Ultralytics' ``model.<i>`` names, so weights are mapped by structure, row by row, never by index (``layer_map``):
 every source row must meet a target row of the same block type, reading the same inputs, with tensors of the same
 shapes. The first row that differs is named in the error. The upgraded model therefore computes exactly what the
