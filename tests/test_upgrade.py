@@ -261,3 +261,21 @@ def test_zero_convolution_gate_trains_from_the_first_step_and_reads_old_checkpoi
     loaded = pickle.loads(pickle.dumps(old))
     f = torch.randn(2, 4, 6, 6)
     torch.testing.assert_close(loaded([x[:, :4], f]), x[:, :4] + old.gain.view(1, -1, 1, 1) * f)
+
+
+def test_benchmark_latency_runs_with_the_threads_it_was_given(trained_base, monkeypatch):
+    """Ultralytics' select_device (also inside export) sets torch's threads to cores - 1; the latency rounds must not
+    inherit that: eager and ONNX Runtime run with the benchmark's --threads."""
+    from ultralytics_dsmoe import costs
+
+    root, base = trained_base
+    seen, real = [], costs.ort_session
+    monkeypatch.setattr(costs, "ort_session", lambda file, threads, *a: seen.append(threads) or real(file, threads, *a))
+    before = torch.get_num_threads()
+    torch.set_num_threads(9)  # never Ultralytics' choice: min(8, cores - 1)
+    try:
+        results = {"base": {"best": str(base)}}
+        benchmark.measure_inference(results, 64, "cpu", 1)
+        assert seen == [9] and torch.get_num_threads() == 9 and results["base"]["ort_ms"] > 0
+    finally:
+        torch.set_num_threads(before)

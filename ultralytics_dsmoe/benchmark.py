@@ -221,6 +221,7 @@ def train_and_evaluate(spec: dict) -> dict:
     for m in checkpoint.model.modules():
         if type(m).__name__ == "ResidualGate":
             m.register_forward_hook(lambda m, args, y: shares.append(float((y - args[0][0]).norm() / args[0][0].norm())))
+    checkpoint.add_callback("on_val_start", lambda validator: shares.clear())  # not the warm-up's uninitialised input
     metrics = checkpoint.val(data=spec["data"], split=spec["split"], imgsz=spec["train"]["imgsz"],
                              batch=spec["train"]["batch"], device=spec["train"].get("device"), plots=False,
                              project=spec["project"], name=f"{spec['name']}-{spec['split']}", exist_ok=True)
@@ -275,6 +276,7 @@ def measure_inference(results: dict, imgsz: int, device: str, reps: int) -> None
 
     from ultralytics_dsmoe.costs import latencies_ms, latency_rounds, model_costs, ort_session
 
+    threads = torch.get_num_threads()  # --threads; Ultralytics' select_device (export too) resets it to cores - 1
     dev = select_device(str(device).split(",")[0], verbose=False)  # latency on one device, the first given
     cuda = dev.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -285,11 +287,12 @@ def measure_inference(results: dict, imgsz: int, device: str, reps: int) -> None
         costs = model_costs(checkpoint.model.float().eval(), imgsz)  # before fusing: the trained params, unfolded
         r.update(params_M=costs["params_M"], gflops=costs["gflops"])
         file = checkpoint.export(format="onnx", imgsz=imgsz, batch=1, dynamic=False, simplify=False, device="cpu")
+        torch.set_num_threads(threads)
         model = checkpoint.model.fuse().eval().to(dev)  # the exporter worked on its own copy
         xd = x.to(dev)
         eager[name] = lambda m=model, xd=xd: (m(xd), sync())
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
-        session = ort_session(file, torch.get_num_threads(), providers)
+        session = ort_session(file, threads, providers)
         feed = {session.get_inputs()[0].name: x.numpy().astype(np.float32)}
         onnx[name] = lambda s=session, f=feed: s.run(None, f)
         r["onnx"], r["ort_provider"] = file, session.get_providers()[0]
