@@ -19,7 +19,7 @@ from ultralytics import YOLO
 from ultralytics.nn.tasks import DetectionModel, yaml_model_load
 
 from conftest import interrupted_training, run
-from ultralytics_dsmoe import benchmark
+from ultralytics_dsmoe import __version__, benchmark
 from ultralytics_dsmoe.data.synthetic import generate
 from ultralytics_dsmoe.nn import ClassText, HyperbolicAlign, ResidualGate, SparseMoE
 from ultralytics_dsmoe.upgrade import UpgradeMismatch, added_rows, main, upgrade
@@ -224,7 +224,9 @@ def test_finetune_benchmark_reports_paired_gains_and_gates(trained_base, tmp_pat
     assert f["variants"]["dsmoe-v8n"]["gflops_ratio"] > 1.0 and "dsmoe-v8n GFLOPs vs yolov8n" in f["targets"]
     md = (tmp_path / "results.md").read_text()
     assert "## Fine-tuned from best.pt (seeds 0, 1)" in md and "| dsmoe-v8n | + QFocal: the full upgrade |" in md
-    specs = {n: json.loads((tmp_path / "runs" / f"{n}.result.json").read_text())["spec"] for n in runs}
+    saved = {n: json.loads((tmp_path / "runs" / f"{n}.result.json").read_text()) for n in runs}
+    assert {r["dsmoe_version"] for r in saved.values()} == {__version__}  # a reused run says which version trained it
+    specs = {n: r["spec"] for n, r in saved.items()}
     assert {s["train"]["pretrained"] for s in specs.values()} == {str(base.resolve())}
     assert [s["train"]["seed"] for s in specs.values()] == [0, 1, 0, 1]
 
@@ -240,7 +242,7 @@ def test_upgrade_costs_at_most_15_percent_more_flops_than_its_source(yolo, upgra
 
 def test_zero_convolution_gate_trains_from_the_first_step_and_reads_old_checkpoints():
     """Z = 0 returns the trunk exactly, yet dL/dZ is non-zero (a per-channel gain's gradient pairs channels only);
-    after one step the branch itself gets gradient. A pickled 0.2.0 gate (y = x + g * F) loads as Z = diag(g)."""
+    after one step the branch itself gets gradient. A pickled first gate (y = x + g * F) loads as Z = diag(g)."""
     torch.manual_seed(0)
     gate, branch = ResidualGate([8, 4]), nn.Conv2d(8, 4, 3, padding=1)
     x = torch.randn(2, 8, 6, 6)

@@ -44,6 +44,8 @@ import sys
 import time
 from pathlib import Path
 
+from ultralytics_dsmoe.meta import __version__
+
 DEFAULT_MODELS = ("yolov8n.yaml", "yolov8s.yaml", "yolo11s.yaml", "yolo26s.yaml", "dsmoe-n.yaml")
 TOPK = (1, 2, 4, 5, 8, 16, 32)
 REFERENCES = ("yolov8s", "yolo26s")  # dsmoe-n is judged against each one in the run
@@ -246,7 +248,10 @@ def run_worker(spec: dict, folder: Path) -> dict:
     spec_file, result_file = folder / f"{spec['name']}.spec.json", folder / f"{spec['name']}.result.json"
     done = json.loads(result_file.read_text()) if result_file.exists() else {}
     if done.get("spec") == spec and done.get("peak_mem_mb") is not None and Path(done["best"]).exists():
-        print(f"dsmoe benchmark: reusing the finished run {result_file}")
+        made = done.get("dsmoe_version", "an unrecorded version")
+        print(f"dsmoe benchmark: reusing the finished run {result_file}"
+              + ("" if made == __version__ else f" (trained by ultralytics-dsmoe {made}, this is {__version__}; "
+                 "delete it to train it with this version)"))
         return {k: v for k, v in done.items() if k != "spec"}
     result_file.unlink(missing_ok=True)
     spec_file.write_text(json.dumps(spec, indent=2))
@@ -262,6 +267,7 @@ def run_worker(spec: dict, folder: Path) -> dict:
         result["peak_mem_kind"] = "process peak RSS (CPU)"
     else:
         result["peak_mem_kind"] = "torch.cuda.max_memory_allocated"
+    result["dsmoe_version"] = __version__
     result_file.write_text(json.dumps({**result, "spec": spec}, indent=2))
     return result
 

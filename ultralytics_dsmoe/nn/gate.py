@@ -31,7 +31,7 @@ class ResidualGate(nn.Module):
         nn.init.zeros_(self.zero.weight)
 
     def __setstate__(self, state: dict) -> None:
-        """Unpickling a checkpoint made by 0.2.0's gate, ``y = x + g * F(x)``: the same map as ``Z = diag(g)``."""
+        """Unpickling an upgrade made with the first gate (0.2.0 development), ``y = x + g * F(x)``: ``Z = diag(g)``."""
         super().__setstate__(state)
         if "gain" in self._parameters:
             g = self._parameters.pop("gain").detach()
