@@ -108,6 +108,10 @@ def test_routing_report_counts_match_per_image_routing(dataset, tmp_path, region
     for name, row in report["usage"].items():  # each unit picks k experts: a class's row sums to k
         assert abs(sum(row) - 5) < 1e-5, name
     assert 0 <= report["class_expert_nmi"] <= 1 and -1 <= report["expert_similarity"] <= 1
+    for of in ("class", "defect"):
+        assert 0 <= report[f"{of}_expert_nmi_chance"] <= 1 and 0 <= report[f"{of}_expert_nmi"] <= 1
+    if "background" not in report["usage"]:  # every unit holds a defect: the two NMIs are one
+        assert report["defect_expert_nmi"] == pytest.approx(report["class_expert_nmi"])
     # reference: route each val image alone and count
     from ultralytics.cfg import get_cfg
     from ultralytics.data import build_yolo_dataset
@@ -226,3 +230,18 @@ def test_class_expert_nmi_is_one_for_private_experts_and_zero_for_shared_ones():
     assert nmi(torch.tensor([[5.0, 0, 0], [0, 3, 0], [0, 0, 7]])) == pytest.approx(1.0)
     assert nmi(torch.tensor([[2.0, 4, 6], [1, 2, 3]])) == pytest.approx(0.0, abs=1e-6)  # independent: P(c, e) = P(c) P(e)
     assert 0 < nmi(torch.tensor([[4.0, 1], [1, 4]])) < 1
+
+
+def test_chance_nmi_is_what_class_blind_routing_scores_on_a_finite_split():
+    """61 units, 4 classes, k = 5 of 32 experts: routing drawn independently of the class still scores NMI > 0, at
+    its chance level; routing that gives each class its own 5 experts scores far above it."""
+    from ultralytics_dsmoe.routing import chance_nmi, nmi
+
+    g = torch.Generator().manual_seed(0)
+    cls = torch.randint(0, 4, (61,), generator=g)
+    present = F.one_hot(cls, 4).float()  # (U, classes)
+    blind = torch.stack([F.one_hot(torch.randperm(32, generator=g)[:5], 32).sum(0) for _ in cls]).float()  # (U, Ne)
+    private = torch.stack([F.one_hot(torch.arange(5) + 5 * c, 32).sum(0) for c in cls]).float()
+    assert 0.01 < nmi(present.T @ blind) < 2 * chance_nmi(present, blind)
+    assert chance_nmi(present, private) < 0.1 and nmi(present.T @ private) > 0.5
+    assert chance_nmi(present, blind) == chance_nmi(present, blind)  # seeded: a report is reproducible

@@ -414,11 +414,13 @@ def markdown(report: dict) -> str:
     routing = {k: r["routing"] for k, r in report["models"].items() if r.get("routing")}
     if routing:
         lines += ["", "## Expert routing (report split)", "",
+                  "NMI: class-expert over all routed units, defect-expert over those holding a defect; in brackets the "
+                  "chance level, the NMI with classes shuffled among the units.", "",
                   "| model | routed per | experts used | max share | normalised entropy | Switch loss | class-expert NMI | "
-                  "expert similarity |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+                  "defect-expert NMI | expert similarity |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
         lines += [f"| {k} | {routed_per(v)} | {v['experts_used']}/{v['experts']} | {v['max_share']:.2f} | {v['entropy']:.2f} | "
-                  f"{v['switch_loss']:.2f} | {fmt(v.get('class_expert_nmi'))} | {fmt(v.get('expert_similarity'))} |"
-                  for k, v in routing.items()]
+                  f"{v['switch_loss']:.2f} | {nmi_cell(v, 'class')} | {nmi_cell(v, 'defect')} | "
+                  f"{fmt(v.get('expert_similarity'))} |" for k, v in routing.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -436,6 +438,12 @@ def column_label(variant: str) -> str:
 def routed_per(routing: dict) -> str:
     s = routing.get("regions", 1)
     return "image" if s == 1 else f"region ({s} x {s})"
+
+
+def nmi_cell(routing: dict, of: str) -> str:
+    """'0.064 (0.031)': a routing report's class- or defect-expert NMI with its chance level (older reports: NMI only)."""
+    value, chance = routing.get(f"{of}_expert_nmi"), routing.get(f"{of}_expert_nmi_chance")
+    return fmt(value) + ("" if chance is None else f" ({chance:.3f})")
 
 
 def fmt(value: float | None) -> str:
