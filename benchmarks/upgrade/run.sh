@@ -5,6 +5,7 @@
 #      10 epochs each, seeds 0 1 2.
 # Each call reuses finished runs, so it can be interrupted and continued (one dataset, or some variants, at a time):
 #   bash benchmarks/upgrade/run.sh aluminum [variants...]      e.g.  bash benchmarks/upgrade/run.sh neu-det full
+# SEEDS="0 1" trains some seeds only (two calls with different seeds can run side by side); report all by a last call.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SET=${1:-aluminum}; shift || true
@@ -15,5 +16,5 @@ EXTRA=(); [ "$SET" = neu-det ] && EXTRA=(--fraction 0.5)  # 630 of 1260 train im
   "${EXTRA[@]}" --latency-imgsz 640 --reps 5 --out "benchmarks/upgrade/$SET-base"
 # shellcheck disable=SC2086
 .venv/bin/dsmoe benchmark --data "$DATA" --finetune-from "benchmarks/upgrade/$SET-base/runs/yolov8s/weights/best.pt" \
-  --variants $VARIANTS --seeds 0 1 2 --imgsz 256 --epochs 10 --batch 8 --workers 2 "${EXTRA[@]}" \
+  --variants $VARIANTS --seeds ${SEEDS:-0 1 2} --imgsz 256 --epochs 10 --batch 8 --workers 2 "${EXTRA[@]}" \
   --latency-imgsz 640 --reps 5 --out "benchmarks/upgrade/$SET"
