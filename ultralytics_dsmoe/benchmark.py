@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,7 @@ import time
 from pathlib import Path
 
 from ultralytics_dsmoe.meta import __version__
+from ultralytics_dsmoe.util import cpu_name
 
 DEFAULT_MODELS = ("yolov8n.yaml", "yolov8s.yaml", "yolo11s.yaml", "yolo26s.yaml", "dsmoe-n.yaml")
 TOPK = (1, 2, 4, 5, 8, 16, 32)
@@ -575,7 +575,7 @@ def benchmark(a: argparse.Namespace, argv: list[str]) -> dict:
     else:
         measure_inference(results, a.latency_imgsz, a.device, a.reps)
     device = "CUDA " + torch.cuda.get_device_name(0) if str(a.device) not in {"cpu", "mps"} and torch.cuda.is_available() else \
-        f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores; latency with {a.threads} torch threads)"
+        f"CPU ({cpu_name()}, {os.cpu_count()} cores; latency with {a.threads} torch threads)"
     report = {"settings": {"argv": ["benchmark", *argv], "data": a.data, "split": split, "train": train, "device": device,
                            "latency_imgsz": a.latency_imgsz, "reps": a.reps, "date": time.strftime("%Y-%m-%d"),
                            "torch": torch.__version__},

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -27,6 +26,7 @@ from ultralytics.nn.tasks import DetectionModel, yaml_model_load
 
 from ultralytics_dsmoe.benchmark import REFERENCES  # the YOLO models dsmoe-n is judged against
 from ultralytics_dsmoe.nn import BLOCKS, SparseMoE
+from ultralytics_dsmoe.util import cpu_name
 
 TOPK = (1, 2, 4, 5, 8, 16, 32)
 YOLO = ("yolov8n", "yolov8s", "yolov8m", "yolo11s", "yolo26s")
@@ -142,7 +142,7 @@ def moe_inputs(model: DetectionModel, imgsz: int) -> tuple[SparseMoE, list]:
 
 def run(imgsz: int = 640, reps: int = 5, out: Path | None = None, ort_rounds: int = 20) -> dict:
     torch.manual_seed(0)
-    results = {"settings": {"imgsz": imgsz, "batch": 1, "reps": reps, "ort_rounds": ort_rounds, "device": f"CPU ({platform.processor() or platform.machine()}), "
+    results = {"settings": {"imgsz": imgsz, "batch": 1, "reps": reps, "ort_rounds": ort_rounds, "device": f"CPU ({cpu_name()}), "
                             f"{torch.get_num_threads()} threads", "torch": torch.__version__}}
     results["models"] = {name: model_costs(build(f"{name}.yaml"), imgsz) for name in YOLO + DSMOE}
     x = torch.rand(1, 3, imgsz, imgsz)

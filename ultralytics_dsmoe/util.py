@@ -17,3 +17,15 @@ def model_cfg(model) -> dict:
     """The model-yaml dict of a model (``{}`` for models built without one, e.g. from a checkpoint of another kind)."""
     cfg = getattr(model, "yaml", None)
     return cfg if isinstance(cfg, dict) else {}
+
+
+def cpu_name() -> str:
+    """The CPU's model name ('AMD EPYC', 'Intel(R) Xeon(R) ...'), for reports: latency ratios differ between CPUs.
+    Linux's /proc/cpuinfo, else what ``platform`` knows (often only 'x86_64')."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
