@@ -259,3 +259,12 @@ def test_reports_name_the_cpu_model(monkeypatch):
     assert name and name == name.strip()
     monkeypatch.setattr(builtins, "open", lambda *a, **k: (_ for _ in ()).throw(OSError("no /proc")))
     assert cpu_name() == (platform.processor() or platform.machine())
+
+
+def test_one_verdict_rule_for_benchmark_and_costs():
+    """A latency target is met only when the whole spread is within the limit, missed when none of it is."""
+    from ultralytics_dsmoe.benchmark import ratio_verdict
+
+    assert ratio_verdict(0.87, 0.72, 1.23, 1.0)["met"] is None  # the AMD EPYC run: median under, spread across
+    assert ratio_verdict(0.9, 0.85, 0.95, 1.0)["met"] is True and ratio_verdict(1.2, 1.1, 1.3, 1.0)["met"] is False
+    assert ratio_verdict(0.16, 0.16, 0.16, 0.25) == {"value": 0.16, "range": [0.16, 0.16], "limit": 0.25, "met": True}

@@ -362,9 +362,15 @@ def judge(results: dict) -> dict:
             low, high = value, value
             if key == "ort_ms" and "ort_min_ms" in d and "ort_min_ms" in y:  # the spread over rounds
                 low, high = d["ort_min_ms"] / y["ort_max_ms"], d["ort_max_ms"] / y["ort_min_ms"]
-            met = True if high <= limit else False if low > limit else None
-            verdict[f"{label} vs {ref}"] = {"value": value, "range": [low, high], "limit": limit, "met": met}
+            verdict[f"{label} vs {ref}"] = ratio_verdict(value, low, high, limit)
     return verdict
+
+
+def ratio_verdict(value: float, low: float, high: float, limit: float) -> dict:
+    """An 'at most limit' target: met when the whole range [low, high] is within it, missed when none of it is, and
+    None (unclear) when the range straddles it; the one rule of ``dsmoe benchmark`` and ``ultralytics_dsmoe.costs``."""
+    return {"value": value, "range": [low, high], "limit": limit,
+            "met": True if high <= limit else False if low > limit else None}
 
 
 def markdown(report: dict) -> str:
