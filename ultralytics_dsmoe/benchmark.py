@@ -366,6 +366,16 @@ def judge(results: dict) -> dict:
     return verdict
 
 
+MET = {True: "yes", False: "no", None: "unclear (spreads overlap)"}
+
+
+def target_row(name: str, t: dict, digits: int = 2) -> str:
+    """A ``| target | measured | spread | limit | met |`` row; the spread is left blank where the figure has none."""
+    low, high = t.get("range") or (None, None)
+    spread = "" if low == high else f"{low:.2f}-{high:.2f}"
+    return f"| {name} | {t['value']:.{digits}f} | {spread} | {t['limit']} | {MET[t['met']]} |"
+
+
 def ratio_verdict(value: float, low: float, high: float, limit: float) -> dict:
     """An 'at most limit' target: met when the whole range [low, high] is within it, missed when none of it is, and
     None (unclear) when the range straddles it; the one rule of ``dsmoe benchmark`` and ``ultralytics_dsmoe.costs``."""
@@ -389,9 +399,7 @@ def markdown(report: dict) -> str:
     if report["targets"]:
         lines += ["", "## Targets (dsmoe-n against yolov8s and yolo26s, this run)", "",
                   "| target | measured | spread | limit | met |", "|---|---:|---:|---:|---|"]
-        lines += [f"| {k} | {v['value']:.2f} | {'{:.2f}-{:.2f}'.format(*v['range']) if v.get('range') else ''} | {v['limit']} | "
-                  f"{ {True: 'yes', False: 'no', None: 'unclear (spreads overlap)'}[v['met']] } |"
-                  for k, v in report["targets"].items()]
+        lines += [target_row(k, v) for k, v in report["targets"].items()]
     if report["topk"]:
         lines += ["", "## Top-k sweep (the paper's Table 5 columns)", "",
                   "| k | mAP50 | eager (ms) | ORT (ms) | GFLOPs | recall | F1 |", "|---:|---:|---:|---:|---:|---:|---:|"]
