@@ -104,9 +104,8 @@ def test_each_column_changes_only_its_component():
     assert {k for k in full.keys() | e.keys() if full.get(k) != e.get(k)} == {"loss", "yaml_file"}  # ... loss only
     for stem in CONFIGS:  # every variant keeps dsmoe.yaml's scales and gains
         d = yaml_model_load(f"{stem}.yaml")
-        assert {k: d[k] for k in ("scales", "qfl_alpha", "qfl_beta", "qfl_gain", "moe_balance", "moe_zloss", "align_gain")} == {
-            k: full[k] for k in ("scales", "qfl_alpha", "qfl_beta", "qfl_gain", "moe_balance", "moe_zloss", "align_gain")
-        }
+        keys = ("scales", "qfl_alpha", "qfl_beta", "qfl_gain", "moe_balance", "moe_zloss", "align_gain", "ground_gain")
+        assert {k: d[k] for k in keys} == {k: full[k] for k in keys}
 
 
 @pytest.mark.parametrize("stem", CONFIGS)

@@ -21,8 +21,9 @@ fastest against the reference's slowest is not, and unclear otherwise.
 ``--finetune-from base.pt`` asks what the DS-MoE stages add to a YOLO model you already trained: from that one
 checkpoint it fine-tunes, with the identical recipe and seeds, the stock model and its DS-MoE upgrade
 (``ultralytics_dsmoe.upgrade``), the upgrade's stage ablation (the paper's columns: + text guidance, + Poincare
-alignment, + sparse experts, + QFocal = the full upgrade) and two text controls on the full upgrade (the class
-prompts shuffled between classes, and random vectors of the same norm). ``--seeds 0 1 2`` repeats every run; the
+alignment, + sparse experts, + QFocal = the full upgrade), two text controls on the full upgrade (the class
+prompts shuffled between classes, and random vectors of the same norm), and the full upgrade with its class anchors
+grounded on the boxes, with real and shuffled prompts (``ON_FULL``). ``--seeds 0 1 2`` repeats every run; the
 report gives mean and standard deviation, and each variant's paired gain over the stock model seed by seed.
 
 DS-MoE models also get a routing report (``ultralytics_dsmoe.routing``). ``--topk 1 2 4 5 8 16 32`` trains the
@@ -100,7 +101,15 @@ STAGE_COLUMNS = {  # the paper's ablation columns on a fixed YOLO backbone, in o
     "experts": "+ sparse experts (stages 7-8)",
     "full": "+ QFocal: the full upgrade",
 }
-TEXT_CONTROLS = ("shuffled", "random")  # on the full upgrade: are the prompts' semantics what helps?
+GROUND_GAIN = 0.5  # the grounded variants' ground_gain: its cross-entropy (log nc at the start) beside box and DFL
+ON_FULL = {  # the full upgrade with model-YAML keys set: the text controls (are the prompts' semantics what helps?),
+    # then the class anchors grounded on the boxes (nn.ground), with real and shuffled prompts
+    "shuffled": ({"text_control": "shuffled"}, "full upgrade, text control: shuffled"),
+    "random": ({"text_control": "random"}, "full upgrade, text control: random"),
+    "grounded": ({"ground_gain": GROUND_GAIN}, f"+ anchors grounded on the boxes (ground_gain {GROUND_GAIN})"),
+    "grounded_shuffled": ({"ground_gain": GROUND_GAIN, "text_control": "shuffled"},
+                          "grounded upgrade, text control: shuffled"),
+}
 
 
 def ablate(d: dict, column: str) -> dict:
@@ -120,13 +129,13 @@ def ablate(d: dict, column: str) -> dict:
     return d
 
 
-VARIANTS = ("stock", *STAGE_COLUMNS, *TEXT_CONTROLS)  # --variants choices, in the order they are trained
+VARIANTS = ("stock", *STAGE_COLUMNS, *ON_FULL)  # --variants choices, in the order they are trained
 
 
 def finetune_variants(base: str, out: Path, keep=VARIANTS) -> dict[str, str]:
     """Name -> model of the runs ``--finetune-from base`` trains (those in ``keep``): the base checkpoint itself (the
-    stock fine-tune), then the DS-MoE upgrade config at the base's scale cut to each stage column, then the text
-    controls."""
+    stock fine-tune), then the DS-MoE upgrade config at the base's scale cut to each stage column, then the full
+    upgrade with the model-YAML keys of ``ON_FULL``."""
     from ultralytics.nn.tasks import load_checkpoint, yaml_model_load
     from ultralytics.utils import YAML
 
@@ -145,7 +154,7 @@ def finetune_variants(base: str, out: Path, keep=VARIANTS) -> dict[str, str]:
         if column in STAGE_COLUMNS:
             ablate(d, column)
         else:
-            d["text_control"] = column
+            d.update(ON_FULL[column][0])
         name = stem if column == "full" else f"{Path(cfg).stem}-{column}-{scale}"  # scale last: the file name sets it
         YAML.save(out / f"{name}.yaml", d)
         variants[name] = str(out / f"{name}.yaml")
@@ -441,12 +450,12 @@ def markdown(report: dict) -> str:
 def column_of(variant: str) -> str:
     """The --variants key of a fine-tune variant's name (dsmoe-v8-text-s -> text, dsmoe-v8s -> full)."""
     parts = variant.split("-")
-    return next((p for p in parts if p in (*STAGE_COLUMNS, *TEXT_CONTROLS)), "full")
+    return next((p for p in parts if p in (*STAGE_COLUMNS, *ON_FULL)), "full")
 
 
 def column_label(variant: str) -> str:
     column = column_of(variant)
-    return f"full upgrade, text control: {column}" if column in TEXT_CONTROLS else STAGE_COLUMNS[column]
+    return ON_FULL[column][1] if column in ON_FULL else STAGE_COLUMNS[column]
 
 
 def routed_per(routing: dict) -> str:

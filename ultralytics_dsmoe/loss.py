@@ -98,7 +98,7 @@ class AuxLosses:
         for column, _, modules in self.terms:
             for m in modules:
                 wanted.setdefault(m, set()).add(column)
-        values = {m: m.aux_losses(columns) for m, columns in wanted.items()}  # each block's terms, once
+        values = {m: m.aux_losses(columns, batch) for m, columns in wanted.items()}  # each block's terms, once
         extra = []
         for column, gain, modules in self.terms:
             term = gain * torch.stack([values[m][column] for m in modules]).mean().to(loss.dtype)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Issue 13's routing comparison on the CPU proxy, as run for BENCHMARKS.md ("Routing granularity", "Text meets the
-# image", "Expert diversity"): per image, per region (4 x 4), and per region with each option, one recipe.
+# image", "Expert diversity"): per image, per region (4 x 4), and per region with each option (r4g: class affinity
+# with the class texts grounded on the boxes), one recipe.
 # yolov8s trains with the same recipe, so dsmoe-n's accuracy is judged against it (issue 11).
 # Finished runs are reused, so models can be added one at a time, or a subset named (OUT= another report folder):
 #   bash benchmarks/regions/run.sh [aluminum|neu-det] [models...]
@@ -8,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 SET=${1:-aluminum}; shift || true
 MODELS=(yolov8s.yaml dsmoe-n.yaml benchmarks/regions/dsmoe-r4-n.yaml benchmarks/regions/dsmoe-r4a-n.yaml
-        benchmarks/regions/dsmoe-r4e-n.yaml benchmarks/regions/dsmoe-r4f-n.yaml)
+        benchmarks/regions/dsmoe-r4e-n.yaml benchmarks/regions/dsmoe-r4f-n.yaml benchmarks/regions/dsmoe-r4g-n.yaml)
 [ $# -gt 0 ] && MODELS=("$@")
 EXTRA=(--gamma 1.5 --epochs 30); [ "$SET" = neu-det ] && EXTRA=(--epochs 15 --fraction 0.25)  # as first run
 .venv/bin/dsmoe benchmark --data "../shared/datasets/$SET/data.yaml" --models "${MODELS[@]}" --cfg paper-recipe.yaml \

@@ -82,7 +82,7 @@ class FeatureAggregate(AuxLossBlock):
         self.remember(fe, gate)
         return self.out(fe * gate)
 
-    def aux_losses(self, terms=None) -> dict[str, torch.Tensor]:
+    def aux_losses(self, terms=None, batch=None) -> dict[str, torch.Tensor]:
         return {"align_loss": self.align_loss(*self.saved)}  # its one term
 
     def align_loss(self, fe: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,9 @@ from torch import nn
 
 from ultralytics.nn.modules import Conv
 
+from .ground import grounding_loss
+from .transient import AuxLossBlock
+
 __all__ = ("HyperbolicAlign", "artanh", "clip_norm", "dist", "expmap0", "logmap", "logmap0", "mobius_add", "project")
 
 MIN_NORM = 1e-6
@@ -75,7 +78,7 @@ def dist(x: torch.Tensor, y: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return 2 * artanh(_norm(mobius_add(-x, y, dim), dim)).squeeze(dim)
 
 
-class HyperbolicAlign(nn.Module):
+class HyperbolicAlign(AuxLossBlock):
     """Stage 5: lift visual features onto the Poincaré ball, anchor class texts there, fuse by log maps (eqs. 9-11).
 
         v       = W_v F_cs                                   (B, n, H, W) per-pixel visual vectors
@@ -92,6 +95,11 @@ class HyperbolicAlign(nn.Module):
     dilation rule r = 1 + d_H / delta and its per-pixel text context). Eqs. 12-13 are properties the paper claims for
     a trained model, not operations; they are not enforced.
 
+    Grounding (model-YAML gain ``ground_gain``, results.csv column ``ground_loss``; 0 = off, the default until
+    measured): eq. 11's soft assignment a_c is trained as a class posterior, the cross-entropy of its logits
+    ``-d_c / tau`` against the class of the box covering each cell (``nn.ground``). Without it, anchor c is tied to
+    class c by nothing: the prompts initialise anchors that the network may relabel at will.
+
     Numerics: the block runs in fp32 with autocast off. Visual vectors are clipped to Euclidean norm 2.3 before
     Exp_0 and anchors to the same ball radius (0.98) before eq. 10's projection: near the boundary artanh' grows
     like 1 / (1 - |x|^2) and its gradients overflow fp16 and spike in fp32 (feature clipping, Guo et al. CVPR 2022).
@@ -106,6 +114,8 @@ class HyperbolicAlign(nn.Module):
         beta: initial weight of the anchored log maps (learnable).
         manifold: 'poincare' or 'euclidean'.
     """
+
+    AUX_LOSSES = {"ground_loss": ("ground_gain", 0.0)}
 
     def __init__(self, c1: list[int], n: int = 64, nc: int = 80, beta: float = 1.0, manifold: str = "poincare"):
         super().__init__()
@@ -136,6 +146,11 @@ class HyperbolicAlign(nn.Module):
         else:
             d = (v - anchors).norm(dim=2)
             logs, base = v - anchors, v
-        a = F.softmax(-d / self.log_tau.exp(), dim=1).unsqueeze(2)  # (B, nc, 1, H, W)
+        logits = -d / self.log_tau.exp()  # (B, nc, H, W)
+        self.remember(logits)
+        a = F.softmax(logits, dim=1).unsqueeze(2)  # (B, nc, 1, H, W)
         g = base.squeeze(1) + self.beta * (a * logs).sum(1)  # eq. 11, (B, n, H, W)
         return torch.cat([g, d], 1)
+
+    def aux_losses(self, terms=None, batch=None) -> dict[str, torch.Tensor]:
+        return {} if batch is None else {"ground_loss": grounding_loss(self.saved[0], batch)}  # needs the boxes

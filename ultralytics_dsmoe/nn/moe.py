@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .ground import grounding_loss
 from .transient import AuxLossBlock, TransientState
 
 __all__ = ("ExpertRouter", "SparseMoE", "biased_routers", "merge_regions", "split_regions", "switch_loss",
@@ -64,7 +65,9 @@ class ExpertRouter(TransientState):
 
     Without it, text reaches the routing score only through the expert keys psi(T_i), the same for every image of a
     dataset; with it, the text is compared with each pixel, so the prompts move different images' routing
-    differently (the issue's "text that meets the image").
+    differently (the issue's "text that meets the image"). With ``ground_gain`` > 0, a_c is trained on the boxes
+    (``nn.ground``, through ``SparseMoE``): abar then says which classes the unit holds, so the experts whose class
+    mixture matches are the ones it is routed to.
 
     Loss-free balancing (``balance='bias'``, DeepSeek-V3): the bias b only changes which experts are selected, never the
     gates. Training forwards count each expert's routing slots (``load``); after each optimiser step ``update_bias``
@@ -87,7 +90,7 @@ class ExpertRouter(TransientState):
         affinity: add the per-pixel class-affinity term to the routing score.
     """
 
-    TRANSIENT = ("cos", "load")
+    TRANSIENT = ("cos", "load", "pixel_logits")
     balance, tau0, bias_rate, units = "switch", 0.1, 1e-3, 1  # class defaults: routers pickled by 0.1.0 lack them
     affinity = False  # class default: routers pickled before the option existed
 
@@ -128,6 +131,8 @@ class ExpertRouter(TransientState):
         p = F.normalize(self.pixel(f).float(), dim=1)  # (U, dg, H, W)
         a = F.normalize(self.anchor(t).float(), dim=-1)  # (U, nc, dg)
         logits = torch.einsum("ughw,ucg->uchw", p, a) / self.log_tau_a.exp().clamp_min(TAU_MIN)
+        if not torch.jit.is_tracing():
+            self.pixel_logits = logits  # (U, nc, H, W), for the grounding loss
         return logits.softmax(1).mean((2, 3))
 
     def descriptor(self, f: torch.Tensor) -> torch.Tensor:
@@ -245,13 +250,14 @@ class SparseMoE(AuxLossBlock):
         k: experts per sample (paper: floor(log2 Ne) = 5).
         balance: load-balancing scheme, 'switch' or 'bias' (see above).
         regions: routing grid side s: 1 = per image (the paper), s > 1 = per region of an s x s grid.
-        affinity: the router's per-pixel class-affinity term (``ExpertRouter``); 0 = off (default), 1 = on.
+        affinity: the router's per-pixel class-affinity term (``ExpertRouter``); 0 = off (default), 1 = on. On, the
+            block also has the term ``ground_loss`` (gain ``ground_gain``, 0 = off): the affinity grounded on the boxes.
         fofs: 1 = each expert sees only its own 1/Ne of the input channels (above); 0 = off (default).
     """
 
     # Switch Transformer's balance coefficient (Fedus et al. 2021); ST-MoE's z-loss coefficient is 1e-3 (off by default)
     AUX_LOSSES = {"moe_loss": ("moe_balance", 0.01), "moe_zloss": ("moe_zloss", 0.0), "moe_etf": ("moe_etf", 0.0)}
-    TRANSIENT = ("saved", "last_routing")
+    TRANSIENT = ("saved", "last_routing", "ground_logits")
     # class defaults: blocks pickled before routing granularity existed route per image (and never need c_in, c_out)
     regions, c_in, c_out, fofs = 1, 0, 0, False
 
@@ -266,6 +272,8 @@ class SparseMoE(AuxLossBlock):
         self.ne, self.k, self.half, self.regions = ne, k, c // 2, int(regions)
         self.c_in, self.c_out = c, c2  # Python ints: the region reshapes keep channels static when exported
         self.router = ExpertRouter(c, d, ne, k, balance=balance, units=self.regions**2, affinity=bool(affinity))
+        if affinity:  # a per-pixel class assignment to ground on the boxes
+            self.AUX_LOSSES = {**SparseMoE.AUX_LOSSES, "ground_loss": ("ground_gain", 0.0)}
         a, b = self.half, c - self.half
         self.local_h = nn.ModuleList(nn.Conv2d(a, a, (s, 1), padding=(s // 2, 0), groups=a, bias=False) for s in (3, 5))
         self.local_v = nn.ModuleList(nn.Conv2d(b, b, (1, s), padding=(0, s // 2), groups=b, bias=False) for s in (3, 5))
@@ -313,6 +321,9 @@ class SparseMoE(AuxLossBlock):
         self.remember(self.router.cos, idx, y)
         if not torch.jit.is_tracing():
             self.last_routing = (probs.detach(), idx.detach())
+            if self.router.affinity:  # the units' per-pixel class logits, back on the (B, nc, H, W) map
+                logits = self.router.pixel_logits
+                self.ground_logits = merge_regions(logits, self.regions, logits.shape[1], h, w)
         return merge_regions(out, self.regions, self.c_out, h, w)
 
     def routed_units(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -353,7 +364,7 @@ class SparseMoE(AuxLossBlock):
         off = ~torch.eye(self.ne, dtype=torch.bool, device=f.device)
         return sim[:, off].mean()
 
-    def aux_losses(self, terms=None) -> dict[str, torch.Tensor]:
+    def aux_losses(self, terms=None, batch=None) -> dict[str, torch.Tensor]:
         cos, idx, y = self.saved  # (B, Ne) cosines, (B, k) chosen experts, (B, k, c2, H, W) their outputs
         r = self.router
 
@@ -365,6 +376,8 @@ class SparseMoE(AuxLossBlock):
             return torch.logsumexp(cos.float() / r.log_tau.exp().clamp_min(TAU_MIN), -1).pow(2).mean()
 
         compute = {"moe_loss": balance, "moe_zloss": zloss, "moe_etf": lambda: self.etf_loss(y)}
+        if "ground_loss" in self.AUX_LOSSES and batch is not None:  # with the class affinity, on the batch's boxes
+            compute["ground_loss"] = lambda: grounding_loss(self.ground_logits, batch)
         return {name: fn() for name, fn in compute.items() if terms is None or name in terms}
 
     def etf_loss(self, y: torch.Tensor) -> torch.Tensor:

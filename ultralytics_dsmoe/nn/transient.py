@@ -36,6 +36,7 @@ class AuxLossBlock(TransientState):
         if not torch.jit.is_tracing():
             self.saved = tensors
 
-    def aux_losses(self, terms=None) -> dict[str, torch.Tensor]:
-        """Term name -> scalar loss, computed from the last forward: the names in ``terms``, or all of them (None)."""
+    def aux_losses(self, terms=None, batch=None) -> dict[str, torch.Tensor]:
+        """Term name -> scalar loss, computed from the last forward: the names in ``terms``, or all of them (None).
+        ``batch`` is the training batch the forward saw (its boxes), for terms supervised by them."""
         raise NotImplementedError
