@@ -165,11 +165,12 @@ def test_upgrade_fine_tunes_resumes_validates_exports_and_predicts_through_stock
     assert r.returncode == 0 and saved == [image.stem], (r.stdout + r.stderr)[-3000:]
 
 
-def test_finetune_variants_are_the_paper_columns_on_the_base_and_the_text_controls(trained_base, tmp_path):
+def test_finetune_variants_are_the_paper_columns_on_the_base_the_text_controls_and_grounding(trained_base, tmp_path):
     _, base = trained_base
     variants = benchmark.finetune_variants(str(base), tmp_path)
     assert list(variants) == ["yolov8n", "dsmoe-v8-text-n", "dsmoe-v8-hyperbolic-n", "dsmoe-v8-experts-n", "dsmoe-v8n",
-                              "dsmoe-v8-shuffled-n", "dsmoe-v8-random-n"]
+                              "dsmoe-v8-shuffled-n", "dsmoe-v8-random-n", "dsmoe-v8-grounded-n",
+                              "dsmoe-v8-grounded_shuffled-n"]
     assert variants["yolov8n"] == str(base.resolve())
     some = benchmark.finetune_variants(str(base), tmp_path / "some", keep=("full", "random"))  # --variants full random
     assert list(some) == ["yolov8n", "dsmoe-v8n", "dsmoe-v8-random-n"]
@@ -180,15 +181,17 @@ def test_finetune_variants_are_the_paper_columns_on_the_base_and_the_text_contro
         hyperbolic = next(m for m in model.modules() if isinstance(m, HyperbolicAlign)).hyperbolic
         manifold = "poincare" if hyperbolic else "euclidean"
         seen[name] = (d["loss"], any(isinstance(m, SparseMoE) for m in model.modules()), manifold,
-                      d.get("text_control", "real"))
+                      d.get("text_control", "real"), d.get("ground_gain"))
         model.load(YOLO(str(base)).model)  # every variant starts from the base checkpoint, gates at zero
     assert seen == {
-        "dsmoe-v8-text-n": ("default", False, "euclidean", "real"),
-        "dsmoe-v8-hyperbolic-n": ("default", False, "poincare", "real"),
-        "dsmoe-v8-experts-n": ("default", True, "poincare", "real"),
-        "dsmoe-v8n": ("qfocal", True, "poincare", "real"),
-        "dsmoe-v8-shuffled-n": ("qfocal", True, "poincare", "shuffled"),
-        "dsmoe-v8-random-n": ("qfocal", True, "poincare", "random"),
+        "dsmoe-v8-text-n": ("default", False, "euclidean", "real", 0.0),
+        "dsmoe-v8-hyperbolic-n": ("default", False, "poincare", "real", 0.0),
+        "dsmoe-v8-experts-n": ("default", True, "poincare", "real", 0.0),
+        "dsmoe-v8n": ("qfocal", True, "poincare", "real", 0.0),
+        "dsmoe-v8-shuffled-n": ("qfocal", True, "poincare", "shuffled", 0.0),
+        "dsmoe-v8-random-n": ("qfocal", True, "poincare", "random", 0.0),
+        "dsmoe-v8-grounded-n": ("qfocal", True, "poincare", "real", benchmark.GROUND_GAIN),
+        "dsmoe-v8-grounded_shuffled-n": ("qfocal", True, "poincare", "shuffled", benchmark.GROUND_GAIN),
     }
 
 
