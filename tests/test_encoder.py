@@ -182,6 +182,41 @@ def test_hybrid_shapes_match_the_full_resolution_grid(ratio, stem, p2):
     assert (enc.stem is None) == (stem == 0)
 
 
+def test_hybrid_stem_width_list():
+    """One width c is YOLOv8's (c, 2c, 4c, 8c); a list of three stops the stem at P3/8, leaving P4 the TinyViT map."""
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 128, 192)
+    short = HybridEncoder(3, "none", 0.5, [4, 8, 32]).eval()
+    full = HybridEncoder(3, "none", 0.5, 8).eval()
+    assert {n: p.shape for n, p in full.state_dict().items()} == {
+        n: p.shape for n, p in HybridEncoder(3, "none", 0.5, [8, 16, 32, 64]).state_dict().items()
+    }
+    assert len(short.stem.levels) == 2 and [p.conv.out_channels for p in short.stem.proj] == [128]
+    with torch.no_grad():
+        p2, p3, p4 = short(x)
+        vit = short.sam(torch.nn.functional.interpolate(x, scale_factor=0.5, mode="bilinear"))
+        detail = short.stem(x)
+    assert [tuple(o.shape) for o in (p2, p3, p4)] == [(2, 64, 32, 48), (2, 128, 16, 24), (2, 320, 8, 12)]
+    up = [torch.nn.functional.interpolate(v, size=p.shape[-2:], mode="bilinear") for v, p in zip(vit, (p2, p3, p4))]
+    torch.testing.assert_close(p2, up[0])  # no P2 detail without p2
+    torch.testing.assert_close(p3, up[1] + detail[1])
+    torch.testing.assert_close(p4, up[2])  # the stem stops at P3/8
+    for bad in ([8, 16], [8, 16, 0], [1, 2, 3, 4, 5]):
+        with pytest.raises(ValueError, match="stem"):
+            HybridEncoder(3, "none", 0.5, bad)
+
+
+def test_yaml_scales_each_stem_width():
+    """The model-YAML parser scales a stem width list like Conv widths (dsmoe-n: x 0.25)."""
+    from ultralytics.nn.tasks import DetectionModel, yaml_model_load
+
+    d = yaml_model_load("dsmoe-n.yaml")
+    d["backbone"][0][3] = ["none", 0.5, [64, 128, 512]]
+    stem = DetectionModel(d, nc=2, verbose=False).model[0].stem
+    assert [level[-2].conv.out_channels for level in stem.levels] == [32, 128]  # stride-4 and stride-8 convs
+    assert stem.levels[0][0].conv.out_channels == 16
+
+
 def test_hybrid_tinyvit_sees_the_reduced_image():
     """The semantic path runs at ratio x the input size: its cost falls with ratio^2."""
     enc = HybridEncoder(3, "none", 0.5, 8)

@@ -281,31 +281,42 @@ def check_tinyvit(vit: nn.Module) -> None:
             raise PatchError("TinyViT PatchMerging no longer has conv1, conv2, conv3 and act")
 
 
+def stem_widths(widths: int | list[int]) -> list[int]:
+    """``SpatialPrior`` widths at strides 2, 4, 8 (, 16): an int c means YOLOv8's (c, 2c, 4c, 8c)."""
+    widths = [widths, 2 * widths, 4 * widths, 8 * widths] if isinstance(widths, int) else [int(w) for w in widths]
+    if len(widths) not in (3, 4) or min(widths) < 1:
+        raise ValueError(f"HybridEncoder stem must be one width or 3-4 widths (strides 2, 4, 8 [, 16]), got {widths}.")
+    return widths
+
+
 class SpatialPrior(nn.Module):
     """Full-resolution convolutional stem of ``HybridEncoder`` (ViT-Adapter's spatial prior module, in YOLO blocks).
 
-    YOLOv8's first stages at width ``c``: strides 2, 4 (C2f), 8 (C2f), 16 (C2f). The stride-4..16 maps from level
-    ``first`` on are projected by a 1x1 Conv + BN to the TinyViT level they are added to.
+    YOLOv8's first stages: a stride-2 Conv, then per level a stride-2 Conv and a C2f, at strides 4, 8 and 16 (or
+    4 and 8 when ``widths`` stops at P3/8). The maps from level ``first`` on are projected by a 1x1 Conv + BN to the
+    TinyViT level they are added to.
 
     Args:
         c1: input channels.
-        c: width of the first conv; the stride-4, 8, 16 maps have 2c, 4c, 8c channels.
+        widths: one int c for YOLOv8's widths (c, 2c, 4c, 8c) at strides 2, 4, 8, 16, or those widths as a list;
+            a list of three stops the stem at P3/8.
         c_out: channels of the three TinyViT levels.
         first: first level that gets a projection (1 skips P2/4, for models whose neck does not use it).
     """
 
-    def __init__(self, c1: int, c: int, c_out: tuple[int, ...], first: int = 0):
+    def __init__(self, c1: int, widths: int | list[int], c_out: tuple[int, ...], first: int = 0):
         super().__init__()
-        widths = (2 * c, 4 * c, 8 * c)
+        widths = stem_widths(widths)
         self.first = first
+        w = widths[1]  # stride 4
         self.levels = nn.ModuleList(
-            [nn.Sequential(Conv(c1, c, 3, 2), Conv(c, widths[0], 3, 2), C2f(widths[0], widths[0], 1, True))]
-            + [nn.Sequential(Conv(a, b, 3, 2), C2f(b, b, 1, True)) for a, b in zip(widths, widths[1:])]
+            [nn.Sequential(Conv(c1, widths[0], 3, 2), Conv(widths[0], w, 3, 2), C2f(w, w, 1, True))]
+            + [nn.Sequential(Conv(a, b, 3, 2), C2f(b, b, 1, True)) for a, b in zip(widths[1:], widths[2:])]
         )
-        self.proj = nn.ModuleList(Conv(a, b, 1, act=False) for a, b in zip(widths[first:], c_out[first:]))
+        self.proj = nn.ModuleList(Conv(a, b, 1, act=False) for a, b in zip(widths[1 + first :], c_out[first:]))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """(B, c1, H, W) -> maps at H/4, H/8, H/16: projected to ``c_out`` from level ``first`` on, raw before it."""
+        """(B, c1, H, W) -> maps at H/4, H/8 (, H/16): projected to ``c_out`` from level ``first`` on, raw before it."""
         maps = []
         for level in self.levels:
             x = level(x)
@@ -323,40 +334,43 @@ class HybridEncoder(nn.Module):
     stem's projected map:
 
         v_l = TinyViT_l(Resize_r(x))                        l = P2/4, P3/8, P4/16 (64, 128, 320 ch)
-        P_l = Up(v_l, size of s_l) + Proj_l(s_l),   s_l = Stem_l(x)
+        P_l = Up(v_l, size of s_l) + Proj_l(s_l),   s_l = Stem_l(x)    (P_l = Up(v_l) where the stem stops short)
 
     ViT-Adapter's injector is cross-attention; here fusion is addition after a 1x1 Conv + BN, which costs 0.3
     GFLOPs at 640 and exports anywhere. P2/4 gets stem detail only with ``p2`` (the P2 detection head); otherwise
-    it is the resized TinyViT map, so a neck that does not use it leaves no unused parameters. The reduced-resolution TinyViT fits its attention windows to the smaller
-    maps (``MobileSAMEncoder(fit_windows=True)``). ``ratio=1`` with ``stem=0`` is exactly ``MobileSAMEncoder``.
+    it is the resized TinyViT map, so a neck that does not use it leaves no unused parameters. The reduced-resolution
+    TinyViT fits its attention windows to the smaller maps (``MobileSAMEncoder(fit_windows=True)``). ``ratio=1`` with
+    ``stem=0`` is exactly ``MobileSAMEncoder``.
 
     Args:
         c1: input channels (must be 3).
         weights: MobileSAM weights, see ``find_mobilesam_weights``.
         ratio: TinyViT input size relative to the image, in (0, 1].
-        stem: width of the stem's first conv (the YAML scales it like a Conv's c2); 0 = no stem.
+        stem: the stem's widths (``SpatialPrior``; the YAML scales each like a Conv's c2): one int c for YOLOv8's
+            (c, 2c, 4c, 8c) at strides 2-16, or the list of them; three widths stop it at P3/8. 0 = no stem.
         p2: add stem detail to the P2/4 output too.
     """
 
     out_channels = MobileSAMEncoder.out_channels
 
-    def __init__(self, c1: int = 3, weights: str | None = "auto", ratio: float = 0.5, stem: int = 16, p2: bool = False):
+    def __init__(self, c1=3, weights: str | None = "auto", ratio: float = 0.5, stem: int | list = 16, p2: bool = False):
         super().__init__()
         if not 0 < ratio <= 1:
             raise ValueError(f"HybridEncoder ratio must be in (0, 1], got {ratio}.")
         self.ratio = float(ratio)
         self.sam = MobileSAMEncoder(c1, weights, fit_windows=ratio < 1 or bool(stem))
-        self.stem = SpatialPrior(c1, int(stem), self.out_channels, first=0 if p2 else 1) if stem else None
+        self.stem = SpatialPrior(c1, stem, self.out_channels, first=0 if p2 else 1) if stem else None
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(B, 3, H, W) in 0-1 -> [(B, 64, H/4, W/4), (B, 128, H/8, W/8), (B, 320, H/16, W/16)]."""
         vit = self.sam(x if self.ratio == 1 else F.interpolate(x, scale_factor=self.ratio, mode="bilinear"))
+        h, w = x.shape[-2:]
         if self.stem is None:  # the TinyViT maps alone, on the full-resolution grid
-            h, w = x.shape[-2:]
             return vit if self.ratio == 1 else [_resize(v, (h // s, w // s)) for v, s in zip(vit, (4, 8, 16))]
-        detail = self.stem(x)
-        first = self.stem.first  # levels before it carry no stem detail (raw stem maps, used for their size only)
-        return [_resize(v, d.shape[-2:]) + (d if i >= first else 0) for i, (v, d) in enumerate(zip(vit, detail))]
+        detail = self.stem(x)  # levels before stem.first carry no detail (raw stem maps, used for their size only)
+        first = self.stem.first
+        out = [_resize(v, d.shape[-2:]) + (d if i >= first else 0) for i, (v, d) in enumerate(zip(vit, detail))]
+        return out + [_resize(v, (h // s, w // s)) for v, s in zip(vit[len(detail) :], (4, 8, 16)[len(detail) :])]
 
 
 def _resize(x: torch.Tensor, size) -> torch.Tensor:

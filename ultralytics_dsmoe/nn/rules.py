@@ -29,9 +29,11 @@ def listed_output(m, c1, args, scale):
 
 
 def hybrid_output(m, c1, args, scale):
-    """HybridEncoder(c1, weights, ratio, stem, p2): a list of maps like ``listed_output``; the stem width is scaled."""
+    """HybridEncoder(c1, weights, ratio, stem, p2): a list of maps like ``listed_output``; the stem widths (one int or a
+    list) are scaled."""
     weights, ratio, stem, p2 = (list(args) + ["auto", 0.5, 0, False][len(args):])[:4]
-    return list(m.out_channels), [c1, weights, ratio, scale(stem) if stem else 0, p2]
+    stem = [scale(w) for w in stem] if isinstance(stem, (list, tuple)) else scale(stem) if stem else 0
+    return list(m.out_channels), [c1, weights, ratio, stem, p2]
 
 
 def picked_output(m, c1, args, scale):
