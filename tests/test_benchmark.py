@@ -268,3 +268,15 @@ def test_one_verdict_rule_for_benchmark_and_costs():
     assert ratio_verdict(0.87, 0.72, 1.23, 1.0)["met"] is None  # the AMD EPYC run: median under, spread across
     assert ratio_verdict(0.9, 0.85, 0.95, 1.0)["met"] is True and ratio_verdict(1.2, 1.1, 1.3, 1.0)["met"] is False
     assert ratio_verdict(0.16, 0.16, 0.16, 0.25) == {"value": 0.16, "range": [0.16, 0.16], "limit": 0.25, "met": True}
+
+
+def test_timing_verdict_spans_best_and_worst_case():
+    """Two timings over interleaved rounds: the ratio's range is a's min over b's max to a's max over b's min."""
+    from ultralytics_dsmoe.benchmark import ort_timing, timing_verdict
+
+    a, b = {"median": 161, "min": 158, "max": 178}, {"median": 151, "min": 148, "max": 222}  # the EPYC costs run
+    v = timing_verdict(a, b, 1.0)
+    assert v["value"] == pytest.approx(161 / 151) and v["range"] == pytest.approx([158 / 222, 178 / 148])
+    assert v["met"] is None
+    assert ort_timing({"ort_ms": 90.0}) == {"median": 90.0, "min": 90.0, "max": 90.0}  # a report without the spread
+    assert timing_verdict(ort_timing({"ort_ms": 90.0}), ort_timing({"ort_ms": 100.0}), 1.0)["met"] is True

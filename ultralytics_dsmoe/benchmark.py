@@ -337,7 +337,7 @@ def finetune_summary(results: dict, variants: list[str], seeds: list[int], base:
                    "gain_pp": [mean_gain, std_gain],
                    "beyond_spread": v != stock and len(seeds) > 1 and abs(mean_gain) > std_gain,
                    "gflops_ratio": runs[0]["gflops"] / results[f"{stock}-seed{seeds[0]}"]["gflops"],
-                   "ort_ratio": runs[0]["ort_ms"] / results[f"{stock}-seed{seeds[0]}"]["ort_ms"],
+                   "ort": timing_verdict(ort_timing(runs[0]), ort_timing(results[f"{stock}-seed{seeds[0]}"]), COST_LIMIT),
                    "branch_share": mean_std([r["branch_share"] for r in runs]) if runs[0].get("branch_share") else None}
     full = next((v for v in variants[1:] if column_of(v) == "full"), None)
     targets = {}
@@ -345,7 +345,7 @@ def finetune_summary(results: dict, variants: list[str], seeds: list[int], base:
         (gain, std), r = rows[full]["gain_pp"], rows[full]
         targets = {f"{full} mAP50-95 gain - std (pp)": [gain - std, GAIN_TARGET_PP, gain - std >= GAIN_TARGET_PP],
                    f"{full} GFLOPs vs {stock}": [r["gflops_ratio"], COST_LIMIT, r["gflops_ratio"] <= COST_LIMIT],
-                   f"{full} ONNX Runtime latency vs {stock}": [r["ort_ratio"], COST_LIMIT, r["ort_ratio"] <= COST_LIMIT]}
+                   f"{full} ONNX Runtime latency vs {stock}": [r["ort"]["value"], COST_LIMIT, r["ort"]["met"]]}
     return {"base": base, "stock": stock, "seeds": seeds, "variants": rows, "targets": targets}
 
 
@@ -368,10 +368,8 @@ def judge(results: dict) -> dict:
                 verdict[f"{label} vs {ref}"] = {"value": value, "limit": limit, "met": value >= limit}
                 continue
             value = d[key] / y[key]
-            low, high = value, value
-            if key == "ort_ms" and "ort_min_ms" in d and "ort_min_ms" in y:  # the spread over rounds
-                low, high = d["ort_min_ms"] / y["ort_max_ms"], d["ort_max_ms"] / y["ort_min_ms"]
-            verdict[f"{label} vs {ref}"] = ratio_verdict(value, low, high, limit)
+            verdict[f"{label} vs {ref}"] = (timing_verdict(ort_timing(d), ort_timing(y), limit) if key == "ort_ms"
+                                            else ratio_verdict(value, value, value, limit))
     return verdict
 
 
@@ -390,6 +388,17 @@ def ratio_verdict(value: float, low: float, high: float, limit: float) -> dict:
     None (unclear) when the range straddles it; the one rule of ``dsmoe benchmark`` and ``ultralytics_dsmoe.costs``."""
     return {"value": value, "range": [low, high], "limit": limit,
             "met": True if high <= limit else False if low > limit else None}
+
+
+def timing_verdict(a: dict, b: dict, limit: float) -> dict:
+    """'a takes at most limit x b's time', for timings given as median, min and max over interleaved rounds: the
+    range runs from a's best case against b's worst (a's min over b's max) to the reverse."""
+    return ratio_verdict(a["median"] / b["median"], a["min"] / b["max"], a["max"] / b["min"], limit)
+
+
+def ort_timing(r: dict) -> dict:
+    """A model's ONNX Runtime timing from its benchmark figures (median only in reports made before the spread)."""
+    return {"median": r["ort_ms"], "min": r.get("ort_min_ms", r["ort_ms"]), "max": r.get("ort_max_ms", r["ort_ms"])}
 
 
 def markdown(report: dict) -> str:
@@ -430,10 +439,10 @@ def markdown(report: dict) -> str:
             lines.append(f"| {v} | {what} | {r['map50'][0]:.3f} +- {r['map50'][1]:.3f} | {r['map50_95'][0]:.3f} +- "
                          f"{r['map50_95'][1]:.3f} | {r['gain_pp'][0]:+.2f} +- {r['gain_pp'][1]:.2f} | "
                          f"{'-' if v == f['stock'] or len(f['seeds']) < 2 else 'yes' if r['beyond_spread'] else 'no'} | "
-                         f"{r['gflops_ratio']:.3f} | {r['ort_ratio']:.2f} | "
+                         f"{r['gflops_ratio']:.3f} | {r['ort']['value']:.2f}{ratio_range(r['ort'])} | "
                          f"{'-' if r.get('branch_share') is None else '%.3f +- %.3f' % tuple(r['branch_share'])} |")
         lines += ["", "| upgrade target | measured | limit | met |", "|---|---:|---:|---|"]
-        lines += [f"| {k} | {v:.3f} | {lim} | {'yes' if met else 'no'} |" for k, (v, lim, met) in f["targets"].items()]
+        lines += [f"| {k} | {v:.3f} | {lim} | {MET[met]} |" for k, (v, lim, met) in f["targets"].items()]
     routing = {k: r["routing"] for k, r in report["models"].items() if r.get("routing")}
     if routing:
         lines += ["", "## Expert routing (report split)", "",
@@ -471,6 +480,11 @@ def nmi_cell(routing: dict, of: str) -> str:
 
 def fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"  # reports written before the figure existed lack it
+
+
+def ratio_range(verdict: dict) -> str:
+    low, high = verdict["range"]
+    return "" if low == high else f" [{low:.2f}-{high:.2f}]"
 
 
 def spread(r: dict) -> str:
