@@ -102,13 +102,16 @@ STAGE_COLUMNS = {  # the paper's ablation columns on a fixed YOLO backbone, in o
     "full": "+ QFocal: the full upgrade",
 }
 GROUND_GAIN = 0.5  # the grounded variants' ground_gain: its cross-entropy (log nc at the start) beside box and DFL
-ON_FULL = {  # the full upgrade with model-YAML keys set: the text controls (are the prompts' semantics what helps?),
-    # then the class anchors grounded on the boxes (nn.ground), with real and shuffled prompts
-    "shuffled": ({"text_control": "shuffled"}, "full upgrade, text control: shuffled"),
-    "random": ({"text_control": "random"}, "full upgrade, text control: random"),
-    "grounded": ({"ground_gain": GROUND_GAIN}, f"+ anchors grounded on the boxes (ground_gain {GROUND_GAIN})"),
-    "grounded_shuffled": ({"ground_gain": GROUND_GAIN, "text_control": "shuffled"},
+ON_FULL = {  # the full upgrade with model-YAML keys and SparseMoE's routing args (after c2, Ne, k) set: the text
+    # controls (are the prompts' semantics what helps?), then the class anchors grounded on the boxes (nn.ground), with
+    # real and shuffled prompts, then grounded per-region routing (issue 13's mode, where a unit holds one defect)
+    "shuffled": ({"text_control": "shuffled"}, [], "full upgrade, text control: shuffled"),
+    "random": ({"text_control": "random"}, [], "full upgrade, text control: random"),
+    "grounded": ({"ground_gain": GROUND_GAIN}, [], f"+ anchors grounded on the boxes (ground_gain {GROUND_GAIN})"),
+    "grounded_shuffled": ({"ground_gain": GROUND_GAIN, "text_control": "shuffled"}, [],
                           "grounded upgrade, text control: shuffled"),
+    "grounded_regions": ({"ground_gain": GROUND_GAIN}, ["switch", 4, 1],
+                         "grounded upgrade, routed per region (4 x 4) with the router's class affinity"),
 }
 
 
@@ -154,7 +157,11 @@ def finetune_variants(base: str, out: Path, keep=VARIANTS) -> dict[str, str]:
         if column in STAGE_COLUMNS:
             ablate(d, column)
         else:
-            d.update(ON_FULL[column][0])
+            keys, routing, _ = ON_FULL[column]
+            d.update(keys)
+            for row in d["backbone"] + d["head"]:
+                if row[2] == "SparseMoE" and routing:
+                    row[3] = [*row[3][:3], *routing]
         name = stem if column == "full" else f"{Path(cfg).stem}-{column}-{scale}"  # scale last: the file name sets it
         YAML.save(out / f"{name}.yaml", d)
         variants[name] = str(out / f"{name}.yaml")
@@ -464,7 +471,7 @@ def column_of(variant: str) -> str:
 
 def column_label(variant: str) -> str:
     column = column_of(variant)
-    return ON_FULL[column][1] if column in ON_FULL else STAGE_COLUMNS[column]
+    return ON_FULL[column][-1] if column in ON_FULL else STAGE_COLUMNS[column]
 
 
 def routed_per(routing: dict) -> str:
