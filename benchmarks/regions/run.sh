@@ -3,7 +3,8 @@
 # image", "Expert diversity"): per image, per region (4 x 4), and per region with each option (r4g: class affinity
 # with the class texts grounded on the boxes), one recipe.
 # yolov8s trains with the same recipe, so dsmoe-n's accuracy is judged against it (issue 11).
-# Finished runs are reused, so models can be added one at a time, or a subset named (OUT= another report folder):
+# Finished runs are reused, so models can be added one at a time, or a subset named (OUT= another report folder;
+# SEED= another seed than the recipe's 42, into its own OUT folder):
 #   bash benchmarks/regions/run.sh [aluminum|neu-det] [models...]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -13,4 +14,4 @@ MODELS=(yolov8s.yaml dsmoe-n.yaml benchmarks/regions/dsmoe-r4-n.yaml benchmarks/
 [ $# -gt 0 ] && MODELS=("$@")
 EXTRA=(--gamma 1.5 --epochs 30); [ "$SET" = neu-det ] && EXTRA=(--epochs 15 --fraction 0.25)  # as first run
 .venv/bin/dsmoe benchmark --data "../shared/datasets/$SET/data.yaml" --models "${MODELS[@]}" --cfg paper-recipe.yaml \
-  --imgsz 256 "${EXTRA[@]}" --batch 8 --workers 2 --latency-imgsz 640 --reps 5 --out "${OUT:-benchmarks/regions/$SET}"
+  --imgsz 256 "${EXTRA[@]}" --batch 8 --seed "${SEED:-42}" --workers 2 --latency-imgsz 640 --reps 5 --out "${OUT:-benchmarks/regions/$SET}"
