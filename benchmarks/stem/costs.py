@@ -1,0 +1,49 @@
+"""Costs of the cheaper stems (issue 11) beside the default and the references, in one quiet process.
+
+    python benchmarks/stem/costs.py [--ort]     (run alone: it times things)
+
+GFLOPs and params at 640 px (``ultralytics_dsmoe.costs``' counter); with ``--ort``, ONNX Runtime latency at 640 px,
+batch 1, 2 threads, spinning off, the models interleaved in 15 rounds (median, min, max). Writes ``costs.json`` here.
+The accuracy of the same models is in ``benchmarks/encoder-sweep/aluminum`` (``benchmarks/regions/run.sh``).
+"""
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from ultralytics import YOLO
+
+from ultralytics_dsmoe.costs import build, latency_rounds, model_costs, ort_session
+
+HERE = Path(__file__).resolve().parent
+MODELS = {"yolov8s": "yolov8s.yaml", "yolo26s": "yolo26s.yaml",  # stem128: HybridEncoder [auto, 0.5, 128]
+          "stem128": str(HERE.parent / "encoder-sweep" / "models" / "dsmoe-r0500-s128-n.yaml"),
+          **{f"stem{v}": str(HERE / f"dsmoe-stem{v}-n.yaml") for v in ("p3", "thin", "thinp3")}}
+
+
+def main(ort: bool) -> dict:
+    torch.set_num_threads(2)
+    out = {}
+    for k, cfg in MODELS.items():
+        c = model_costs(build(cfg), 640)
+        out[k] = {"gflops": c["gflops"], "params": c["params_M"]}
+    if ort:
+        folder = Path(tempfile.mkdtemp())
+        x = np.random.default_rng(0).random((1, 3, 640, 640), dtype=np.float32)
+        fns = {}
+        for k, cfg in MODELS.items():
+            file = Path(YOLO(cfg).export(format="onnx", imgsz=640, simplify=False, device="cpu"))
+            s = ort_session(str(file.replace(folder / f"{k}.onnx")), 2)
+            fns[k] = lambda s=s, feed={s.get_inputs()[0].name: x}: s.run(None, feed)
+        for k, t in latency_rounds(fns, 15).items():
+            out[k]["ort"] = t
+    (HERE / "costs.json").write_text(json.dumps(out, indent=1))
+    return out
+
+
+if __name__ == "__main__":
+    for name, r in main("--ort" in sys.argv).items():
+        print(name, f"{r['gflops']:.1f} GFLOPs", {k: round(v) for k, v in r.get("ort", {}).items()})
