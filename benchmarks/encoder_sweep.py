@@ -24,14 +24,12 @@ import platform
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
-from ultralytics import YOLO
 from ultralytics.cfg import get_cfg
 from ultralytics.nn.tasks import yaml_model_load
 
-from ultralytics_dsmoe.costs import build, latency_rounds, model_costs, ort_session
+from ultralytics_dsmoe.costs import build, latency_rounds, model_costs, onnx_latencies
 
 HERE = Path(__file__).resolve().parent / "encoder-sweep"
 RATIOS = (0.5, 0.625, 0.75, 1.0)
@@ -75,15 +73,8 @@ def run(rounds: int, step_rounds: int, imgsz: int, step_imgsz: int, batch: int) 
     points = {f"ratio {r}, stem {s}": (r, s) for r in RATIOS for s in STEMS}
     models.update({label: str(point_yaml(r, s)) for label, (r, s) in points.items()})
     results = {label: model_costs(build(cfg), imgsz) for label, cfg in models.items()}
-    x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
-    threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as tmp:
-        sessions = {}
-        for label, cfg in models.items():
-            file = Path(YOLO(cfg).export(format="onnx", imgsz=imgsz, simplify=False, device="cpu"))
-            torch.set_num_threads(threads)  # the exporter's select_device set it to cores - 1
-            sessions[label] = ort_session(str(file.replace(Path(tmp) / f"{file.stem}.onnx")), threads)
-        ort = latency_rounds({k: (lambda s=s: s.run(None, {s.get_inputs()[0].name: x})) for k, s in sessions.items()}, rounds)
+        ort = onnx_latencies(models, imgsz, rounds, torch.get_num_threads(), Path(tmp))
     steps = latency_rounds({k: train_step(cfg, step_imgsz, batch) for k, cfg in models.items()}, step_rounds, warmup=1)
     for label in models:
         results[label].pop("stages")

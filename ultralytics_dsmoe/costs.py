@@ -114,18 +114,21 @@ def latency_rounds(fns: dict, rounds: int, warmup: int = 2) -> dict:
     return {key: {"median": statistics.median(v), "min": min(v), "max": max(v)} for key, v in times.items()}
 
 
-def onnx_latencies(names, imgsz: int, rounds: int, threads: int, folder: Path) -> dict:
-    """Export each model config (random weights) with Ultralytics' exporter and time it in ONNX Runtime, interleaved."""
+def onnx_latencies(models: dict[str, str], imgsz: int, rounds: int, threads: int, folder: Path) -> dict:
+    """Export each model config (label -> yaml, random weights) with Ultralytics' exporter into ``folder`` and time
+    them in ONNX Runtime, interleaved. The exporter's ``select_device`` sets torch to cores - 1 threads; each export
+    is followed by a reset to ``threads``, so eager work after this call runs as before it."""
     import numpy as np
     from ultralytics import YOLO
 
     folder.mkdir(parents=True, exist_ok=True)
     x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
     fns = {}
-    for name in names:
-        file = Path(YOLO(f"{name}.yaml").export(format="onnx", imgsz=imgsz, simplify=False, device="cpu"))
-        session = ort_session(str(file.replace(folder / f"{name}.onnx")), threads)
-        fns[name] = lambda s=session, f={session.get_inputs()[0].name: x}: s.run(None, f)
+    for label, cfg in models.items():
+        file = Path(YOLO(cfg).export(format="onnx", imgsz=imgsz, simplify=False, device="cpu"))
+        torch.set_num_threads(threads)
+        session = ort_session(str(file.replace(folder / f"{Path(cfg).stem}.onnx")), threads)
+        fns[label] = lambda s=session, f={session.get_inputs()[0].name: x}: s.run(None, f)
     return latency_rounds(fns, rounds)
 
 
@@ -157,7 +160,8 @@ def run(imgsz: int = 640, reps: int = 5, out: Path | None = None, ort_rounds: in
     }
     results["topk"] = sweep
     with tempfile.TemporaryDirectory() as tmp:
-        results["ort"] = onnx_latencies(ORT_MODELS, imgsz, ort_rounds, torch.get_num_threads(), Path(tmp))
+        results["ort"] = onnx_latencies({n: f"{n}.yaml" for n in ORT_MODELS}, imgsz, ort_rounds, torch.get_num_threads(),
+                                        Path(tmp))
     m, o = results["models"], results["ort"]
     exact = {"moe_flops_k5_over_k32": (sweep[5]["moe_gflops"] / sweep[32]["moe_gflops"], 0.25),
              "latency_k5_over_k1": (sweep[5]["latency_ms"] / sweep[1]["latency_ms"], 1.15),

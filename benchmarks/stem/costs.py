@@ -12,11 +12,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
-from ultralytics import YOLO
 
-from ultralytics_dsmoe.costs import build, latency_rounds, model_costs, ort_session
+from ultralytics_dsmoe.costs import build, model_costs, onnx_latencies
 
 HERE = Path(__file__).resolve().parent
 MODELS = {"yolov8s": "yolov8s.yaml", "yolo26s": "yolo26s.yaml",  # stem128: HybridEncoder [auto, 0.5, 128]
@@ -31,15 +29,9 @@ def main(ort: bool) -> dict:
         c = model_costs(build(cfg), 640)
         out[k] = {"gflops": c["gflops"], "params": c["params_M"]}
     if ort:
-        folder = Path(tempfile.mkdtemp())
-        x = np.random.default_rng(0).random((1, 3, 640, 640), dtype=np.float32)
-        fns = {}
-        for k, cfg in MODELS.items():
-            file = Path(YOLO(cfg).export(format="onnx", imgsz=640, simplify=False, device="cpu"))
-            s = ort_session(str(file.replace(folder / f"{k}.onnx")), 2)
-            fns[k] = lambda s=s, feed={s.get_inputs()[0].name: x}: s.run(None, feed)
-        for k, t in latency_rounds(fns, 15).items():
-            out[k]["ort"] = t
+        with tempfile.TemporaryDirectory() as tmp:
+            for k, t in onnx_latencies(MODELS, 640, 15, 2, Path(tmp)).items():
+                out[k]["ort"] = t
     (HERE / "costs.json").write_text(json.dumps(out, indent=1))
     return out
 
