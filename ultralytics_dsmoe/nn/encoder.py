@@ -364,13 +364,14 @@ class HybridEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(B, 3, H, W) in 0-1 -> [(B, 64, H/4, W/4), (B, 128, H/8, W/8), (B, 320, H/16, W/16)]."""
         vit = self.sam(x if self.ratio == 1 else F.interpolate(x, scale_factor=self.ratio, mode="bilinear"))
+        if self.stem is None and self.ratio == 1:  # the paper's encoder, untouched
+            return vit
         h, w = x.shape[-2:]
-        if self.stem is None:  # the TinyViT maps alone, on the full-resolution grid
-            return vit if self.ratio == 1 else [_resize(v, (h // s, w // s)) for v, s in zip(vit, (4, 8, 16))]
-        detail = self.stem(x)  # levels before stem.first carry no detail (raw stem maps, used for their size only)
-        first = self.stem.first
-        out = [_resize(v, d.shape[-2:]) + (d if i >= first else 0) for i, (v, d) in enumerate(zip(vit, detail))]
-        return out + [_resize(v, (h // s, w // s)) for v, s in zip(vit[len(detail) :], (4, 8, 16)[len(detail) :])]
+        detail = [] if self.stem is None else self.stem(x)  # maps before stem.first: raw, used for their size only
+        first = self.stem.first if detail else len(vit)
+        grid = [d.shape[-2:] for d in detail] + [(h // s, w // s) for s in (4, 8, 16)[len(detail) :]]
+        return [_resize(v, g) + (detail[i] if first <= i < len(detail) else 0)
+                for i, (v, g) in enumerate(zip(vit, grid))]
 
 
 def _resize(x: torch.Tensor, size) -> torch.Tensor:
