@@ -165,7 +165,8 @@ def test_upgrade_fine_tunes_resumes_validates_exports_and_predicts_through_stock
     assert r.returncode == 0 and saved == [image.stem], (r.stdout + r.stderr)[-3000:]
 
 
-def test_finetune_variants_are_the_paper_columns_on_the_base_the_text_controls_and_grounding(trained_base, tmp_path):
+def test_finetune_variants_are_the_paper_columns_on_the_base_the_text_controls_and_grounding(trained_base, tmp_path,
+                                                                                             capsys):
     _, base = trained_base
     variants = benchmark.finetune_variants(str(base), tmp_path)
     assert list(variants) == ["yolov8n", "dsmoe-v8-text-n", "dsmoe-v8-hyperbolic-n", "dsmoe-v8-experts-n", "dsmoe-v8n",
@@ -174,6 +175,18 @@ def test_finetune_variants_are_the_paper_columns_on_the_base_the_text_controls_a
     assert variants["yolov8n"] == str(base.resolve())
     some = benchmark.finetune_variants(str(base), tmp_path / "some", keep=("full", "random"))  # --variants full random
     assert list(some) == ["yolov8n", "dsmoe-v8n", "dsmoe-v8-random-n"]
+    swept = benchmark.finetune_variants(str(base), tmp_path / "gains",  # --variants grounded_regions:2 random ...
+                                        keep=("grounded_regions:2", "random", "grounded_regions", "grounded_regions:0.1"))
+    assert list(swept) == ["yolov8n", "dsmoe-v8-random-n", "dsmoe-v8-grounded_regions-g2-n",
+                           "dsmoe-v8-grounded_regions-n", "dsmoe-v8-grounded_regions-g0.1-n"]
+    gains = [yaml_model_load(swept[k]).get("ground_gain") for k in list(swept)[1:]]
+    assert gains == [0.0, 2.0, benchmark.GROUND_GAIN, 0.1]
+    for bad, says in (("random:2", "only grounded variants"), ("grounded:x", "must be a number"), ("nope", "unknown")):
+        with pytest.raises(SystemExit):  # the CLI refuses it before anything trains, saying why
+            benchmark.main(["--data", "data.yaml", "--finetune-from", str(base), "--variants", bad])
+        assert says in capsys.readouterr().err
+    assert "ground_gain 2" in benchmark.column_label("dsmoe-v8-grounded_regions-g2-n")
+    assert f"ground_gain {benchmark.GROUND_GAIN:g}" in benchmark.column_label("dsmoe-v8-grounded_regions-n")
     seen = {}
     for name, cfg in list(variants.items())[1:]:
         d = yaml_model_load(cfg)

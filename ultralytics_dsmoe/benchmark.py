@@ -102,16 +102,18 @@ STAGE_COLUMNS = {  # the paper's ablation columns on a fixed YOLO backbone, in o
     "full": "+ QFocal: the full upgrade",
 }
 GROUND_GAIN = 0.5  # the grounded variants' ground_gain: its cross-entropy (log nc at the start) beside box and DFL
+# (--variants grounded_regions:2 trains one at another gain, named with -g2)
 ON_FULL = {  # the full upgrade with model-YAML keys and SparseMoE's routing args (after c2, Ne, k) set: the text
     # controls (are the prompts' semantics what helps?), then the class anchors grounded on the boxes (nn.ground), with
     # real and shuffled prompts, then grounded per-region routing (issue 13's mode, where a unit holds one defect)
     "shuffled": ({"text_control": "shuffled"}, [], "full upgrade, text control: shuffled"),
     "random": ({"text_control": "random"}, [], "full upgrade, text control: random"),
-    "grounded": ({"ground_gain": GROUND_GAIN}, [], f"+ anchors grounded on the boxes (ground_gain {GROUND_GAIN})"),
+    "grounded": ({"ground_gain": GROUND_GAIN}, [], "+ anchors grounded on the boxes (ground_gain {gain:g})"),
     "grounded_shuffled": ({"ground_gain": GROUND_GAIN, "text_control": "shuffled"}, [],
                           "grounded upgrade, text control: shuffled"),
     "grounded_regions": ({"ground_gain": GROUND_GAIN}, ["switch", 4, 1],
-                         "grounded upgrade, routed per region (4 x 4) with the router's class affinity"),
+                         "grounded upgrade (ground_gain {gain:g}), routed per region (4 x 4) with the router's class "
+                         "affinity"),
 }
 
 
@@ -135,10 +137,32 @@ def ablate(d: dict, column: str) -> dict:
 VARIANTS = ("stock", *STAGE_COLUMNS, *ON_FULL)  # --variants choices, in the order they are trained
 
 
+def split_variant(variant: str) -> tuple[str, float | None]:
+    """A --variants entry -> (variant, ground gain or None): ``grounded_regions:2`` is grounded_regions at gain 2."""
+    column, _, gain = variant.partition(":")
+    if column not in VARIANTS:
+        raise argparse.ArgumentTypeError(f"unknown variant {column!r}: choose from {', '.join(VARIANTS)}")
+    if not gain:
+        return column, None
+    if "ground_gain" not in ON_FULL.get(column, ({},))[0]:
+        raise argparse.ArgumentTypeError(f"{variant!r}: only grounded variants take a ground gain "
+                                         f"({', '.join(c for c, v in ON_FULL.items() if 'ground_gain' in v[0])})")
+    try:
+        return column, float(gain)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{variant!r}: the ground gain after ':' must be a number") from None
+
+
+def variant_arg(variant: str) -> str:
+    split_variant(variant)  # argparse type: fails early, with the choices
+    return variant
+
+
 def finetune_variants(base: str, out: Path, keep=VARIANTS) -> dict[str, str]:
     """Name -> model of the runs ``--finetune-from base`` trains (those in ``keep``): the base checkpoint itself (the
     stock fine-tune), then the DS-MoE upgrade config at the base's scale cut to each stage column, then the full
-    upgrade with the model-YAML keys of ``ON_FULL``."""
+    upgrade with the model-YAML keys of ``ON_FULL``. A grounded variant in ``keep`` may carry its ground gain
+    (``grounded_regions:2``, named with ``-g2``), so one call can sweep it."""
     from ultralytics.nn.tasks import load_checkpoint, yaml_model_load
     from ultralytics.utils import YAML
 
@@ -150,21 +174,26 @@ def finetune_variants(base: str, out: Path, keep=VARIANTS) -> dict[str, str]:
     stem = f"{Path(cfg).stem}{scale}"  # dsmoe-v8s
     variants = {Path(str(source.yaml.get("yaml_file", "base"))).stem or "base": str(Path(base).resolve())}
     out.mkdir(parents=True, exist_ok=True)
-    for column in (c for c in VARIANTS[1:] if c in keep):
-        d = yaml_model_load(cfg)
-        d.pop("yaml_file", None)
-        d["scale"] = scale
-        if column in STAGE_COLUMNS:
-            ablate(d, column)
-        else:
-            keys, routing, _ = ON_FULL[column]
-            d.update(keys)
-            for row in d["backbone"] + d["head"]:
-                if row[2] == "SparseMoE" and routing:
-                    row[3] = [*row[3][:3], *routing]
-        name = stem if column == "full" else f"{Path(cfg).stem}-{column}-{scale}"  # scale last: the file name sets it
-        YAML.save(out / f"{name}.yaml", d)
-        variants[name] = str(out / f"{name}.yaml")
+    wanted = list(dict.fromkeys(map(split_variant, keep)))  # (variant, gain or None), once each
+    for column in VARIANTS[1:]:
+        for gain in (g for c, g in wanted if c == column):
+            d = yaml_model_load(cfg)
+            d.pop("yaml_file", None)
+            d["scale"] = scale
+            if column in STAGE_COLUMNS:
+                ablate(d, column)
+            else:
+                keys, routing, _ = ON_FULL[column]
+                d.update(keys)
+                for row in d["backbone"] + d["head"]:
+                    if row[2] == "SparseMoE" and routing:
+                        row[3] = [*row[3][:3], *routing]
+            if gain is not None:
+                d["ground_gain"] = gain
+            tag = column if gain is None else f"{column}-g{gain:g}"
+            name = stem if column == "full" else f"{Path(cfg).stem}-{tag}-{scale}"  # scale last: the file name sets it
+            YAML.save(out / f"{name}.yaml", d)
+            variants[name] = str(out / f"{name}.yaml")
     return variants
 
 
@@ -470,8 +499,10 @@ def column_of(variant: str) -> str:
 
 
 def column_label(variant: str) -> str:
+    """What a fine-tune variant adds, with its ground gain (-g<gain> in the name, else ``GROUND_GAIN``)."""
     column = column_of(variant)
-    return ON_FULL[column][-1] if column in ON_FULL else STAGE_COLUMNS[column]
+    gain = next((float(p[1:]) for p in variant.split("-") if p[:1] == "g" and p[1:2].isdigit()), GROUND_GAIN)
+    return ON_FULL[column][-1].format(gain=gain) if column in ON_FULL else STAGE_COLUMNS[column]
 
 
 def routed_per(routing: dict) -> str:
@@ -649,9 +680,10 @@ def main(argv: list[str] | None = None) -> dict | None:
     p.add_argument("--seeds", nargs="+", type=int, help="with --finetune-from: train every variant once per seed")
     p.add_argument("--finetune-from", help="a trained YOLOv8/YOLO11 checkpoint: fine-tune it, its DS-MoE upgrade, the "
                    "stage ablation and the text controls from it (replaces --models)")
-    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
-                   help="with --finetune-from: which runs (the stock model always; a long benchmark can be built up "
-                   "over several calls, finished runs are reused)")
+    p.add_argument("--variants", nargs="+", type=variant_arg, default=list(VARIANTS), metavar="VARIANT",
+                   help=f"with --finetune-from: which runs, of {', '.join(VARIANTS)} (the stock model always; a long "
+                   "benchmark can be built up over several calls, finished runs are reused); a grounded one may name "
+                   "its ground gain, e.g. grounded_regions:2")
     p.add_argument("--device", default="cpu", help="Ultralytics device: cpu, 0, 0,1 ...")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--fraction", type=float, default=1.0, help="fraction of the training set to use")

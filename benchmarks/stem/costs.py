@@ -19,7 +19,8 @@ from ultralytics_dsmoe.costs import build, model_costs, onnx_latencies
 HERE = Path(__file__).resolve().parent
 MODELS = {"yolov8s": "yolov8s.yaml", "yolo26s": "yolo26s.yaml",  # stem128: HybridEncoder [auto, 0.5, 128]
           "stem128": str(HERE.parent / "encoder-sweep" / "models" / "dsmoe-r0500-s128-n.yaml"),
-          **{f"stem{v}": str(HERE / f"dsmoe-stem{v}-n.yaml") for v in ("p3", "thin", "thinp3")}}
+          **{f"stem{v}": str(HERE / f"dsmoe-stem{v}-n.yaml") for v in ("p3", "thin", "thinp3")},
+          "r0625p3": str(HERE / "dsmoe-r0625-stemp3-n.yaml")}  # TinyViT at ratio 0.625 with the P3-only stem
 
 
 def main(ort: bool) -> dict:
