@@ -19,6 +19,14 @@ def test_bare_names_resolve_with_scale(tmp_path, monkeypatch, name, scale):
     assert yaml_model_load(name)["scale"] == scale
 
 
+@pytest.mark.parametrize("name, scale", [("dsmoe-v8s.yaml", "s"), ("runs/dsmoe-v8-grounded_regions-g0.1-s.yaml", "s"),
+                                         ("dsmoe-v1.2-m.yaml", "m"), ("dsmoe-11x.yml", "x")])
+def test_scale_letter_read_from_any_dsmoe_file_name(name, scale):
+    from ultralytics.nn.tasks import guess_model_scale
+
+    assert guess_model_scale(name) == scale  # dots in a name (a gain, a version) do not hide its scale
+
+
 def test_no_assumed_scale_warning(tmp_path, monkeypatch, caplog):
     monkeypatch.chdir(tmp_path)
     with caplog.at_level(logging.WARNING, logger="ultralytics"):

@@ -181,6 +181,7 @@ def test_finetune_variants_are_the_paper_columns_on_the_base_the_text_controls_a
                            "dsmoe-v8-grounded_regions-n", "dsmoe-v8-grounded_regions-g0.1-n"]
     gains = [yaml_model_load(swept[k]).get("ground_gain") for k in list(swept)[1:]]
     assert gains == [0.0, 2.0, benchmark.GROUND_GAIN, 0.1]
+    assert {yaml_model_load(cfg)["scale"] for cfg in list(swept.values())[1:]} == {"n"}  # the base's scale, dots or not
     for bad, says in (("random:2", "only grounded variants"), ("grounded:x", "must be a number"), ("nope", "unknown")):
         with pytest.raises(SystemExit):  # the CLI refuses it before anything trains, saying why
             benchmark.main(["--data", "data.yaml", "--finetune-from", str(base), "--variants", bad])

@@ -43,7 +43,7 @@ def _check_file(original):
 
 def _guess_model_scale(original):
     def guess_model_scale(model_path):
-        match = re.fullmatch(r"dsmoe[\w-]*?(?:-|(?<=\d))([nsmlx])", Path(str(model_path)).stem)
+        match = re.fullmatch(r"dsmoe[\w.-]*?(?:-|(?<=\d))([nsmlx])", Path(str(model_path)).stem)  # dots: -g0.1-s
         return match.group(1) if match else original(model_path)
 
     return guess_model_scale
