@@ -65,6 +65,22 @@ def test_grounding_loss_is_cross_entropy_over_covered_cells():
     assert zero.item() == 0 and zero.requires_grad  # in the graph: DDP ranks backpropagate the same parameters
 
 
+def test_grounding_loss_with_a_background_class_weighs_covered_and_uncovered_cells_alike():
+    batch = _batch(n=4, b=2, seed=3)
+    logits = torch.randn(2, 5, 6, 6, requires_grad=True)  # 4 classes + the background
+    t = _reference_targets(batch, 6, 6)
+    keep = t >= 0
+    ce = -F.log_softmax(logits, 1).permute(0, 2, 3, 1).gather(3, t.clamp_min(0)[..., None]).squeeze(3)
+    bg = -F.log_softmax(logits, 1)[:, 4]
+    by_hand = ce[keep].mean() + bg[~keep].mean()
+    loss = grounding_loss(logits, batch, background=True)
+    torch.testing.assert_close(loss, by_hand)
+    loss.backward()
+    assert (logits.grad.abs().sum(1) > 0).all()  # every cell now teaches something
+    none = {**batch, "batch_idx": torch.zeros(0), "cls": torch.zeros(0, 1), "bboxes": torch.zeros(0, 4)}
+    torch.testing.assert_close(grounding_loss(logits, none, background=True), -F.log_softmax(logits, 1)[:, 4].mean())
+
+
 def _model(d):
     model = DetectionModel(d, nc=2, verbose=False)
     model.args = DEFAULT_CFG

@@ -329,6 +329,38 @@ def test_class_affinity_routes_units_towards_experts_of_the_classes_their_pixels
     assert moe.router.pixel.weight.grad.abs().sum() > 0 and moe.router.beta.grad.abs() > 0
 
 
+def test_background_anchor_lets_a_unit_of_background_hold_no_class_and_a_pinhole_its_own():
+    """affinity=2: nc + 1 choices per pixel, the last the background anchor; abar_c is the max over the unit's pixels
+    of class c's share (a pinhole of one cell is the unit's class c), background pixels add to no class, and the
+    region grid's zero padding is left out. The anchor learns."""
+    from ultralytics_dsmoe.nn import ExpertRouter
+
+    torch.manual_seed(0)
+    router = ExpertRouter(8, 8, ne=6, k=2, dg=8, affinity=2).eval()
+    with torch.no_grad():
+        router.pixel.weight.copy_(torch.eye(8)[..., None, None]), router.pixel.bias.zero_()
+        router.anchor.weight.copy_(torch.eye(8)), router.anchor.bias.zero_()
+        router.background_anchor.copy_(torch.eye(8)[7])
+    t = (5 * torch.eye(8)[:2]).expand(3, -1, -1)  # class texts along e0 and e1; the background along e7
+    f = torch.zeros(3, 8, 4, 4)
+    f[:, 7] = 1.0  # background everywhere ...
+    f[1, :, 2, 3] = torch.eye(8)[1]  # ... but one cell of class 1 in unit 1
+    f[2, :, 3] = 0.0  # unit 2: its last row is the grid's zero padding
+    abar = router.class_affinity(f, t)
+    torch.testing.assert_close(abar, torch.tensor([[0.0, 0.0], [0.0, 1.0], [0.0, 0.0]]), atol=1e-3, rtol=0)
+    p = F.normalize(router.pixel(f), dim=1)  # by hand: softmax over [anchors, background], max over real pixels
+    a = torch.cat([F.normalize(router.anchor(t), dim=-1), torch.eye(8)[7].expand(3, 1, -1)], 1)
+    probs = (torch.einsum("bghw,bcg->bchw", p, a) / 0.1).softmax(1)[:, :2]
+    probs[2, :, 3] = 0
+    torch.testing.assert_close(abar, probs.amax((2, 3)))
+    assert router.pixel_logits.shape == (3, 3, 4, 4)
+    with pytest.raises(ValueError, match="background anchor"):
+        ExpertRouter(8, 8, affinity=3)
+    moe = SparseMoE([16, 8], 16, ne=6, k=2, regions=2, affinity=2)
+    moe([torch.randn(3, 16, 5, 5), torch.randn(3, 2, 8)]).square().sum().backward()
+    assert moe.ground_logits.shape == (3, 3, 5, 5) and moe.router.background_anchor.grad.abs().sum() > 0
+
+
 def test_etf_loss_is_the_gram_matrix_error_to_the_simplex_frame():
     """moe_etf against a per-pixel loop; zero for outputs that form the simplex frame, and larger for copies."""
     torch.manual_seed(0)

@@ -105,7 +105,8 @@ GROUND_GAIN = 0.5  # the grounded variants' ground_gain: its cross-entropy (log 
 # (--variants grounded_regions:2 trains one at another gain, named with -g2)
 ON_FULL = {  # the full upgrade with model-YAML keys and SparseMoE's routing args (after c2, Ne, k) set: the text
     # controls (are the prompts' semantics what helps?), then the class anchors grounded on the boxes (nn.ground), with
-    # real and shuffled prompts, then grounded per-region routing (issue 13's mode, where a unit holds one defect)
+    # real and shuffled prompts, then grounded per-region routing (issue 13's mode, where a unit holds one defect),
+    # with the router's class affinity as is, then with a background anchor (a region of background holds no class)
     "shuffled": ({"text_control": "shuffled"}, [], "full upgrade, text control: shuffled"),
     "random": ({"text_control": "random"}, [], "full upgrade, text control: random"),
     "grounded": ({"ground_gain": GROUND_GAIN}, [], "+ anchors grounded on the boxes (ground_gain {gain:g})"),
@@ -114,6 +115,9 @@ ON_FULL = {  # the full upgrade with model-YAML keys and SparseMoE's routing arg
     "grounded_regions": ({"ground_gain": GROUND_GAIN}, ["switch", 4, 1],
                          "grounded upgrade (ground_gain {gain:g}), routed per region (4 x 4) with the router's class "
                          "affinity"),
+    "grounded_regions_bg": ({"ground_gain": GROUND_GAIN}, ["switch", 4, 2],
+                            "grounded upgrade (ground_gain {gain:g}), routed per region (4 x 4), class affinity with a "
+                            "background anchor"),
 }
 
 

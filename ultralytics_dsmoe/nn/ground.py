@@ -13,6 +13,11 @@ loss, read per cell of the feature map):
 
 A cell is covered when its centre lies inside the box, or when it holds the box's centre, so a pinhole smaller than
 one cell still labels one cell. The smallest box wins where boxes overlap: small defects are the rare ones.
+
+With a background class (the router's background anchor, logits (B, nc + 1, H, W)), the cells in no box are its
+targets, and the two sets of cells weigh alike, so the many background cells do not drown the defects:
+
+    L_ground = mean over covered cells of CE + mean over uncovered cells of CE(background)
 """
 
 from __future__ import annotations
@@ -53,10 +58,16 @@ def cell_targets(batch: dict, size: tuple[int, int]) -> torch.Tensor:
     return torch.where(best >= 0, cls[order][best.clamp_min(0)], targets)
 
 
-def grounding_loss(logits: torch.Tensor, batch: dict) -> torch.Tensor:
+def grounding_loss(logits: torch.Tensor, batch: dict, background: bool = False) -> torch.Tensor:
     """Per-cell class logits (B, nc, H, W) and the batch's boxes -> mean cross-entropy over the covered cells (0 when
-    the batch has none; still in the graph, so every rank of a DDP run backpropagates the same parameters)."""
+    the batch has none; still in the graph, so every rank of a DDP run backpropagates the same parameters).
+    ``background``: the logits' last channel is the background class, for the uncovered cells (above)."""
     targets = cell_targets(batch, logits.shape[-2:]).to(logits.device)
+    if background:
+        covered = (targets >= 0).float()  # (B, H, W)
+        uncovered = 1 - covered
+        ce = F.cross_entropy(logits.float(), targets.masked_fill(targets < 0, logits.shape[1] - 1), reduction="none")
+        return (ce * covered).sum() / covered.sum().clamp_min(1) + (ce * uncovered).sum() / uncovered.sum().clamp_min(1)
     if targets.max() < 0:
         return logits.float().sum() * 0
     return F.cross_entropy(logits.float(), targets, ignore_index=-1)
