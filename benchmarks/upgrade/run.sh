@@ -2,7 +2,8 @@
 # Issue 12's controlled comparison on the CPU proxy, as run for BENCHMARKS.md ("Upgrading a trained YOLO"):
 #   1. the base: yolov8s from scratch by the same `dsmoe benchmark` command as every other model (256 px, 30 epochs);
 #   2. from that one checkpoint: the stock fine-tune, the DS-MoE upgrade, its stage columns, the text controls and
-#      the upgrade with its class texts grounded on the boxes (real and shuffled prompts; routed per region), 10 epochs
+#      the upgrade with its class texts grounded on the boxes (real and shuffled prompts; routed per region, also with
+#      a background anchor in the router's class affinity), 10 epochs
 #      each, seeds 0 1 2.
 # Each call reuses finished runs, so it can be interrupted and continued (one dataset, or some variants, at a time):
 #   bash benchmarks/upgrade/run.sh aluminum [variants...]      e.g.  bash benchmarks/upgrade/run.sh neu-det full
@@ -11,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SET=${1:-aluminum}; shift || true
-VARIANTS=${*:-text hyperbolic experts full shuffled random grounded grounded_shuffled grounded_regions}
+VARIANTS=${*:-text hyperbolic experts full shuffled random grounded grounded_shuffled grounded_regions grounded_regions_bg}
 DATA=../shared/datasets/$SET/data.yaml
 EXTRA=(); [ "$SET" = neu-det ] && EXTRA=(--fraction 0.5)  # 630 of 1260 train images: the CPU budget
 .venv/bin/dsmoe benchmark --data "$DATA" --models yolov8s.yaml --imgsz 256 --epochs 30 --batch 8 --workers 2 \
