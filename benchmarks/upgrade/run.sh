@@ -7,7 +7,9 @@
 #      each, seeds 0 1 2.
 # Each call reuses finished runs, so it can be interrupted and continued (one dataset, or some variants, at a time):
 #   bash benchmarks/upgrade/run.sh aluminum [variants...]      e.g.  bash benchmarks/upgrade/run.sh neu-det full
-# SEEDS="0 1" trains some seeds only (two calls with different seeds can run side by side); report all by a last call.
+# SEEDS="0 1" trains some seeds only (two calls with different seeds can run side by side, started a minute or more
+# apart: each call re-times the finished base, exporting it to the same best.onnx, and two exports at once corrupt it);
+# report all by a last call.
 # A grounded variant may name its ground gain (a sweep): bash benchmarks/upgrade/run.sh aluminum grounded_regions:2
 set -euo pipefail
 cd "$(dirname "$0")/../.."
