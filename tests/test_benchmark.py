@@ -1,7 +1,11 @@
 """`dsmoe benchmark` and `dsmoe routing`: the dataset view, the per-model figures, the targets and the routing report."""
 
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -192,6 +196,30 @@ def test_an_interrupted_benchmark_reuses_finished_runs_only(tmp_path, monkeypatc
     with pytest.raises(RuntimeError, match="would train"):  # another setting: trained again, never reused
         benchmark.run_worker({**spec, "train": {"epochs": 4}}, tmp_path)
     assert started and not (tmp_path / "yolov8n.result.json").exists()
+
+
+def test_a_stopped_benchmark_stops_its_training_worker(tmp_path):
+    """SIGTERM to `dsmoe benchmark` (kill, a scheduler) ends the worker process that trains, not only the parent."""
+    script = tmp_path / "bench.py"
+    script.write_text(
+        "import subprocess, sys\n"
+        "from ultralytics_dsmoe import benchmark\n"
+        "real = subprocess.Popen\n"
+        "def popen(args):\n"
+        "    proc = real([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+        "    print(proc.pid, flush=True)\n"
+        "    return proc\n"
+        "benchmark.subprocess.Popen = popen\n"
+        "benchmark.stop_on_sigterm()\n"
+        f"benchmark.run_worker({{'model': 'm.yaml', 'name': 'm', 'project': {str(tmp_path)!r}}}, "
+        f"__import__('pathlib').Path({str(tmp_path)!r}))\n")
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    worker = int(parent.stdout.readline())
+    time.sleep(0.5)  # the parent is now waiting on the worker
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=60) == 128 + signal.SIGTERM
+    with pytest.raises(ProcessLookupError):  # terminated and reaped by the parent before it exited
+        os.kill(worker, 0)
 
 
 def test_benchmark_checks_everything_before_training(dataset, tmp_path, monkeypatch):

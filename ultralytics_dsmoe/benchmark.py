@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -305,7 +306,12 @@ def run_worker(spec: dict, folder: Path) -> dict:
     result_file.unlink(missing_ok=True)
     spec_file.write_text(json.dumps(spec, indent=2))
     proc = subprocess.Popen([sys.executable, "-m", "ultralytics_dsmoe.benchmark", "--worker", str(spec_file), str(result_file)])
-    _, status, usage = os.wait4(proc.pid, 0)
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    except BaseException:  # Ctrl-C, or SIGTERM (SystemExit, see stop_on_sigterm): the training stops with the benchmark
+        proc.terminate()
+        proc.wait()
+        raise
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0 or not result_file.exists():
         raise RuntimeError(f"Training {spec['model']} failed (exit code {proc.returncode}); its log is above and its run "
@@ -667,12 +673,19 @@ def benchmark(a: argparse.Namespace, argv: list[str]) -> dict:
     return report
 
 
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM (``kill``, a job scheduler) into SystemExit, so that ``run_worker`` stops its training process
+    too: by default Python dies at once and the worker trains on, orphaned, beside whatever runs next."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def main(argv: list[str] | None = None) -> dict | None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--worker"]:  # internal: one training run in a fresh process
         spec_file, result_file = argv[1:3]
         Path(result_file).write_text(json.dumps(train_and_evaluate(json.loads(Path(spec_file).read_text()))))
         return None
+    stop_on_sigterm()
     p = argparse.ArgumentParser(prog="dsmoe benchmark", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="data yaml (a shipped name like aluminum.yaml, or a path)")
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="model yamls or .pt files")
