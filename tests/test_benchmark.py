@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -210,7 +211,6 @@ def test_a_stopped_benchmark_stops_its_training_worker(tmp_path):
         "    print(proc.pid, flush=True)\n"
         "    return proc\n"
         "benchmark.subprocess.Popen = popen\n"
-        "benchmark.stop_on_sigterm()\n"
         f"benchmark.run_worker({{'model': 'm.yaml', 'name': 'm', 'project': {str(tmp_path)!r}}}, "
         f"__import__('pathlib').Path({str(tmp_path)!r}))\n")
     parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
@@ -220,6 +220,20 @@ def test_a_stopped_benchmark_stops_its_training_worker(tmp_path):
     assert parent.wait(timeout=60) == 128 + signal.SIGTERM
     with pytest.raises(ProcessLookupError):  # terminated and reaped by the parent before it exited
         os.kill(worker, 0)
+
+
+def test_run_worker_restores_the_sigterm_handler(tmp_path, monkeypatch):
+    """The SIGTERM handler is run_worker's only while a worker trains: callers in-process keep their own."""
+    real_popen = subprocess.Popen
+
+    def fake_worker(args):  # a training that succeeds at once
+        Path(args[-1]).write_text(json.dumps({"best": "b.pt", "peak_mem_mb": 1.0}))
+        return real_popen([sys.executable, "-c", "pass"])
+
+    monkeypatch.setattr(benchmark.subprocess, "Popen", fake_worker)
+    before = signal.getsignal(signal.SIGTERM)
+    assert benchmark.run_worker({"model": "m.yaml", "name": "m", "project": str(tmp_path)}, tmp_path)["best"] == "b.pt"
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_benchmark_checks_everything_before_training(dataset, tmp_path, monkeypatch):

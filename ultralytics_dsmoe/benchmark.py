@@ -42,6 +42,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -305,13 +306,21 @@ def run_worker(spec: dict, folder: Path) -> dict:
         return {k: v for k, v in done.items() if k != "spec"}
     result_file.unlink(missing_ok=True)
     spec_file.write_text(json.dumps(spec, indent=2))
+    # While the worker trains, SIGTERM (kill, a job scheduler) raises SystemExit here like Ctrl-C raises
+    # KeyboardInterrupt, so the worker stops with the benchmark; by default Python would die at once and leave it
+    # training, orphaned. Only the main thread may set a handler; the previous one comes back afterwards.
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum)) if in_main else None
     proc = subprocess.Popen([sys.executable, "-m", "ultralytics_dsmoe.benchmark", "--worker", str(spec_file), str(result_file)])
     try:
         _, status, usage = os.wait4(proc.pid, 0)
-    except BaseException:  # Ctrl-C, or SIGTERM (SystemExit, see stop_on_sigterm): the training stops with the benchmark
+    except BaseException:
         proc.terminate()
         proc.wait()
         raise
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0 or not result_file.exists():
         raise RuntimeError(f"Training {spec['model']} failed (exit code {proc.returncode}); its log is above and its run "
@@ -673,19 +682,12 @@ def benchmark(a: argparse.Namespace, argv: list[str]) -> dict:
     return report
 
 
-def stop_on_sigterm() -> None:
-    """Turn SIGTERM (``kill``, a job scheduler) into SystemExit, so that ``run_worker`` stops its training process
-    too: by default Python dies at once and the worker trains on, orphaned, beside whatever runs next."""
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-
-
 def main(argv: list[str] | None = None) -> dict | None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--worker"]:  # internal: one training run in a fresh process
         spec_file, result_file = argv[1:3]
         Path(result_file).write_text(json.dumps(train_and_evaluate(json.loads(Path(spec_file).read_text()))))
         return None
-    stop_on_sigterm()
     p = argparse.ArgumentParser(prog="dsmoe benchmark", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="data yaml (a shipped name like aluminum.yaml, or a path)")
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="model yamls or .pt files")
