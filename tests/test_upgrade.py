@@ -182,7 +182,25 @@ def test_finetune_variants_are_the_paper_columns_on_the_base_the_text_controls_a
     gains = [yaml_model_load(swept[k]).get("ground_gain") for k in list(swept)[1:]]
     assert gains == [0.0, 2.0, benchmark.GROUND_GAIN, 0.1]
     assert {yaml_model_load(cfg)["scale"] for cfg in list(swept.values())[1:]} == {"n"}  # the base's scale, dots or not
-    for bad, says in (("random:2", "only grounded variants"), ("grounded:x", "must be a number"), ("nope", "unknown")):
+    losses = benchmark.finetune_variants(str(base), tmp_path / "losses",  # the loss-gain sweep of issue 12
+                                         keep=("full", "full:qfl_gain=4", "hyperbolic:align_gain=0.2",
+                                               "grounded:2,moe_balance=0.1"))
+    assert list(losses)[1:] == ["dsmoe-v8-hyperbolic-a0.2-n", "dsmoe-v8n", "dsmoe-v8-full-q4-n",
+                                "dsmoe-v8-grounded-g2-b0.1-n"]
+    keys = ("qfl_gain", "align_gain", "moe_balance", "ground_gain")
+    cfg = {k: [yaml_model_load(c).get(key) for key in keys] for k, c in list(losses.items())[1:]}
+    default = cfg["dsmoe-v8n"]
+    assert cfg["dsmoe-v8-full-q4-n"] == [4.0, *default[1:]]
+    assert cfg["dsmoe-v8-hyperbolic-a0.2-n"][1] == 0.2 and cfg["dsmoe-v8-hyperbolic-a0.2-n"][0] == default[0]
+    assert cfg["dsmoe-v8-grounded-g2-b0.1-n"] == [default[0], default[1], 0.1, 2.0]
+    assert benchmark.variant_gains("dsmoe-v8-grounded-g2-b0.1-n") == {"ground_gain": 2.0, "moe_balance": 0.1}
+    assert benchmark.column_label("dsmoe-v8-full-q4-n") == benchmark.STAGE_COLUMNS["full"] + "; qfl_gain 4"
+    results = {f"{v}-seed0": {"map50": 0.5, "map50_95": 0.3, "gflops": 1.0, "ort_ms": 9.0} for v in ("b", "dsmoe-v8-full-q4-n", "f")}
+    summary = benchmark.finetune_summary(results, ["b", "dsmoe-v8-full-q4-n", "f"], [0], "base.pt")
+    assert all(k.startswith("f ") for k in summary["targets"])  # the targets judge the full upgrade, not a sweep row
+    for bad, says in (("random:2", "ground_gain applies only to grounded"), ("grounded:x", "must be a number"),
+                      ("nope", "unknown"), ("hyperbolic:qfl_gain=2", "qfl_gain applies only to full"),
+                      ("text:moe_balance=1", "moe_balance applies only"), ("full:lr=1", "unknown gain")):
         with pytest.raises(SystemExit):  # the CLI refuses it before anything trains, saying why
             benchmark.main(["--data", "data.yaml", "--finetune-from", str(base), "--variants", bad])
         assert says in capsys.readouterr().err

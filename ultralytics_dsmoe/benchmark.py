@@ -141,22 +141,39 @@ def ablate(d: dict, column: str) -> dict:
 
 
 VARIANTS = ("stock", *STAGE_COLUMNS, *ON_FULL)  # --variants choices, in the order they are trained
+GAINS = {  # the model-YAML gains a --variants entry may set (hyperbolic:align_gain=0.2), the letter that tags the
+    # run's name (-a0.2), and the variants that have the term the gain scales
+    "ground_gain": ("g", tuple(c for c, v in ON_FULL.items() if "ground_gain" in v[0])),
+    "qfl_gain": ("q", ("full", *ON_FULL)),
+    "moe_balance": ("b", ("experts", "full", *ON_FULL)),
+    "align_gain": ("a", VARIANTS[1:]),
+}
 
 
-def split_variant(variant: str) -> tuple[str, float | None]:
-    """A --variants entry -> (variant, ground gain or None): ``grounded_regions:2`` is grounded_regions at gain 2."""
-    column, _, gain = variant.partition(":")
+def split_variant(variant: str) -> tuple[str, tuple[tuple[str, float], ...]]:
+    """A --variants entry -> (variant, its gains): ``full:qfl_gain=4,moe_balance=0.1`` is the full upgrade with those
+    two model-YAML gains; a bare number is the ground gain (``grounded_regions:2``)."""
+    column, _, setting = variant.partition(":")
     if column not in VARIANTS:
         raise argparse.ArgumentTypeError(f"unknown variant {column!r}: choose from {', '.join(VARIANTS)}")
-    if not gain:
-        return column, None
-    if "ground_gain" not in ON_FULL.get(column, ({},))[0]:
-        raise argparse.ArgumentTypeError(f"{variant!r}: only grounded variants take a ground gain "
-                                         f"({', '.join(c for c, v in ON_FULL.items() if 'ground_gain' in v[0])})")
-    try:
-        return column, float(gain)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{variant!r}: the ground gain after ':' must be a number") from None
+    gains = {}
+    for item in filter(None, setting.split(",")):
+        key, eq, value = item.rpartition("=")
+        key = key if eq else "ground_gain"
+        if key not in GAINS:
+            raise argparse.ArgumentTypeError(f"{variant!r}: unknown gain {key!r}: choose from {', '.join(GAINS)}")
+        if column not in GAINS[key][1]:
+            raise argparse.ArgumentTypeError(f"{variant!r}: {key} applies only to {', '.join(GAINS[key][1])}")
+        try:
+            gains[key] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{variant!r}: the value of {key} must be a number") from None
+    return column, tuple(gains.items())
+
+
+def gain_tag(gains: tuple[tuple[str, float], ...]) -> str:
+    """The run-name suffix of a variant's gains: (("ground_gain", 2.0), ("qfl_gain", 4.0)) -> '-g2-q4'."""
+    return "".join(f"-{GAINS[k][0]}{v:g}" for k, v in gains)
 
 
 def variant_arg(variant: str) -> str:
@@ -167,8 +184,8 @@ def variant_arg(variant: str) -> str:
 def finetune_variants(base: str, out: Path, keep=VARIANTS) -> dict[str, str]:
     """Name -> model of the runs ``--finetune-from base`` trains (those in ``keep``): the base checkpoint itself (the
     stock fine-tune), then the DS-MoE upgrade config at the base's scale cut to each stage column, then the full
-    upgrade with the model-YAML keys of ``ON_FULL``. A grounded variant in ``keep`` may carry its ground gain
-    (``grounded_regions:2``, named with ``-g2``), so one call can sweep it."""
+    upgrade with the model-YAML keys of ``ON_FULL``. A variant in ``keep`` may carry loss gains (``GAINS``:
+    ``full:qfl_gain=4`` is named with ``-q4``, ``grounded_regions:2`` with ``-g2``), so one call can sweep them."""
     from ultralytics.nn.tasks import load_checkpoint, yaml_model_load
     from ultralytics.utils import YAML
 
@@ -180,9 +197,9 @@ def finetune_variants(base: str, out: Path, keep=VARIANTS) -> dict[str, str]:
     stem = f"{Path(cfg).stem}{scale}"  # dsmoe-v8s
     variants = {Path(str(source.yaml.get("yaml_file", "base"))).stem or "base": str(Path(base).resolve())}
     out.mkdir(parents=True, exist_ok=True)
-    wanted = list(dict.fromkeys(map(split_variant, keep)))  # (variant, gain or None), once each
+    wanted = list(dict.fromkeys(map(split_variant, keep)))  # (variant, its gains), once each
     for column in VARIANTS[1:]:
-        for gain in (g for c, g in wanted if c == column):
+        for gains in (g for c, g in wanted if c == column):
             d = yaml_model_load(cfg)
             d.pop("yaml_file", None)
             d["scale"] = scale
@@ -194,10 +211,9 @@ def finetune_variants(base: str, out: Path, keep=VARIANTS) -> dict[str, str]:
                 for row in d["backbone"] + d["head"]:
                     if row[2] == "SparseMoE" and routing:
                         row[3] = [*row[3][:3], *routing]
-            if gain is not None:
-                d["ground_gain"] = gain
-            tag = column if gain is None else f"{column}-g{gain:g}"
-            name = stem if column == "full" else f"{Path(cfg).stem}-{tag}-{scale}"  # scale last: the file name sets it
+            d.update(gains)
+            tag = column + gain_tag(gains)
+            name = stem if tag == "full" else f"{Path(cfg).stem}-{tag}-{scale}"  # scale last: the file name sets it
             YAML.save(out / f"{name}.yaml", d)
             variants[name] = str(out / f"{name}.yaml")
     return variants
@@ -394,7 +410,7 @@ def finetune_summary(results: dict, variants: list[str], seeds: list[int], base:
                    "gflops_ratio": runs[0]["gflops"] / results[f"{stock}-seed{seeds[0]}"]["gflops"],
                    "ort": timing_verdict(ort_timing(runs[0]), ort_timing(results[f"{stock}-seed{seeds[0]}"]), COST_LIMIT),
                    "branch_share": mean_std([r["branch_share"] for r in runs]) if runs[0].get("branch_share") else None}
-    full = next((v for v in variants[1:] if column_of(v) == "full"), None)
+    full = next((v for v in variants[1:] if column_of(v) == "full" and not variant_gains(v)), None)
     targets = {}
     if full:
         (gain, std), r = rows[full]["gain_pp"], rows[full]
@@ -517,11 +533,18 @@ def column_of(variant: str) -> str:
     return next((p for p in parts if p in (*STAGE_COLUMNS, *ON_FULL)), "full")
 
 
+def variant_gains(variant: str) -> dict[str, float]:
+    """The gains a fine-tune variant's name sets (dsmoe-v8-full-q4-a0.2-s -> {'qfl_gain': 4, 'align_gain': 0.2})."""
+    keys = {letter: k for k, (letter, _) in GAINS.items()}
+    return {keys[p[0]]: float(p[1:]) for p in variant.split("-") if p[:1] in keys and p[1:2].isdigit()}
+
+
 def column_label(variant: str) -> str:
-    """What a fine-tune variant adds, with its ground gain (-g<gain> in the name, else ``GROUND_GAIN``)."""
-    column = column_of(variant)
-    gain = next((float(p[1:]) for p in variant.split("-") if p[:1] == "g" and p[1:2].isdigit()), GROUND_GAIN)
-    return ON_FULL[column][-1].format(gain=gain) if column in ON_FULL else STAGE_COLUMNS[column]
+    """What a fine-tune variant adds, with the gains its name sets (the ground gain else ``GROUND_GAIN``)."""
+    column, gains = column_of(variant), variant_gains(variant)
+    ground = gains.pop("ground_gain", GROUND_GAIN)
+    label = ON_FULL[column][-1].format(gain=ground) if column in ON_FULL else STAGE_COLUMNS[column]
+    return label + "".join(f"; {k} {v:g}" for k, v in gains.items())
 
 
 def routed_per(routing: dict) -> str:
@@ -701,8 +724,9 @@ def main(argv: list[str] | None = None) -> dict | None:
                    "stage ablation and the text controls from it (replaces --models)")
     p.add_argument("--variants", nargs="+", type=variant_arg, default=list(VARIANTS), metavar="VARIANT",
                    help=f"with --finetune-from: which runs, of {', '.join(VARIANTS)} (the stock model always; a long "
-                   "benchmark can be built up over several calls, finished runs are reused); a grounded one may name "
-                   "its ground gain, e.g. grounded_regions:2")
+                   "benchmark can be built up over several calls, finished runs are reused); one may set loss gains "
+                   f"({', '.join(GAINS)}), e.g. full:qfl_gain=4 or experts:align_gain=0.2,moe_balance=0.1 (a bare "
+                   "number is the ground gain: grounded_regions:2)")
     p.add_argument("--device", default="cpu", help="Ultralytics device: cpu, 0, 0,1 ...")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--fraction", type=float, default=1.0, help="fraction of the training set to use")

@@ -10,7 +10,7 @@
 # SEEDS="0 1" trains some seeds only (two calls with different seeds can run side by side, started a minute or more
 # apart: each call re-times the finished base, exporting it to the same best.onnx, and two exports at once corrupt it);
 # report all by a last call.
-# A grounded variant may name its ground gain (a sweep): bash benchmarks/upgrade/run.sh aluminum grounded_regions:2
+# A variant may set its loss gains (a sweep): bash benchmarks/upgrade/run.sh aluminum full:qfl_gain=4 grounded_regions:2
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SET=${1:-aluminum}; shift || true
