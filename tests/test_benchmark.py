@@ -206,8 +206,8 @@ def test_a_stopped_benchmark_stops_its_training_worker(tmp_path):
         "import subprocess, sys\n"
         "from ultralytics_dsmoe import benchmark\n"
         "real = subprocess.Popen\n"
-        "def popen(args):\n"
-        "    proc = real([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+        "def popen(args, **kwargs):\n"
+        "    proc = real([sys.executable, '-c', 'import time; time.sleep(120)'], **kwargs)\n"
         "    print(proc.pid, flush=True)\n"
         "    return proc\n"
         "benchmark.subprocess.Popen = popen\n"
@@ -220,15 +220,39 @@ def test_a_stopped_benchmark_stops_its_training_worker(tmp_path):
     assert parent.wait(timeout=60) == 128 + signal.SIGTERM
     with pytest.raises(ProcessLookupError):  # terminated and reaped by the parent before it exited
         os.kill(worker, 0)
+    if sys.platform == "linux":  # SIGKILL, which no handler sees: the kernel ends the worker (PR_SET_PDEATHSIG)
+        parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+        worker = int(parent.stdout.readline())
+        time.sleep(0.5)
+        parent.kill()
+        parent.wait(timeout=60)
+        assert wait_for(lambda: not alive(worker), 30), f"worker {worker} still runs after its benchmark was killed"
+
+
+def alive(pid: int) -> bool:
+    """Whether a process runs (a zombie, dead but not yet reaped by its new parent, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_for(condition, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
 
 
 def test_run_worker_restores_the_sigterm_handler(tmp_path, monkeypatch):
     """The SIGTERM handler is run_worker's only while a worker trains: callers in-process keep their own."""
     real_popen = subprocess.Popen
 
-    def fake_worker(args):  # a training that succeeds at once
+    def fake_worker(args, **kwargs):  # a training that succeeds at once
         Path(args[-1]).write_text(json.dumps({"best": "b.pt", "peak_mem_mb": 1.0}))
-        return real_popen([sys.executable, "-c", "pass"])
+        return real_popen([sys.executable, "-c", "pass"], **kwargs)
 
     monkeypatch.setattr(benchmark.subprocess, "Popen", fake_worker)
     before = signal.getsignal(signal.SIGTERM)

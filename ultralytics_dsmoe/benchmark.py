@@ -36,6 +36,8 @@ user's dataset.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import functools
 import json
 import os
 import signal
@@ -327,7 +329,10 @@ def run_worker(spec: dict, folder: Path) -> dict:
     # training, orphaned. Only the main thread may set a handler; the previous one comes back afterwards.
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum)) if in_main else None
-    proc = subprocess.Popen([sys.executable, "-m", "ultralytics_dsmoe.benchmark", "--worker", str(spec_file), str(result_file)])
+    # SIGKILL reaches no handler: on Linux the kernel sends the worker SIGTERM when the benchmark dies (prctl)
+    die_with_us = functools.partial(die_with_parent, os.getpid()) if sys.platform == "linux" else None
+    proc = subprocess.Popen([sys.executable, "-m", "ultralytics_dsmoe.benchmark", "--worker", str(spec_file), str(result_file)],
+                            preexec_fn=die_with_us)
     try:
         _, status, usage = os.wait4(proc.pid, 0)
     except BaseException:
@@ -350,6 +355,13 @@ def run_worker(spec: dict, folder: Path) -> dict:
     result["dsmoe_version"] = __version__
     result_file.write_text(json.dumps({**result, "spec": spec}, indent=2))
     return result
+
+
+def die_with_parent(parent: int) -> None:
+    """Run in a new worker before it starts (Linux): SIGTERM it when ``parent`` dies, however it dies."""
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before that took effect
+        os._exit(1)
 
 
 def measure_inference(results: dict, imgsz: int, device: str, reps: int) -> None:
