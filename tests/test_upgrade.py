@@ -262,6 +262,7 @@ def test_finetune_benchmark_reports_paired_gains_and_gates(trained_base, tmp_pat
     assert f["variants"]["dsmoe-v8n"]["gflops_ratio"] > 1.0 and "dsmoe-v8n GFLOPs vs yolov8n" in f["targets"]
     md = (tmp_path / "results.md").read_text()
     assert "## Fine-tuned from best.pt (seeds 0, 1)" in md and "| dsmoe-v8n | + QFocal: the full upgrade |" in md
+    assert "| dsmoe-v8n mAP50-95 gain - std (pp) |" in md  # the targets table, judged on the full upgrade
     saved = {n: json.loads((tmp_path / "runs" / f"{n}.result.json").read_text()) for n in runs}
     assert {r["dsmoe_version"] for r in saved.values()} == {__version__}  # a reused run says which version trained it
     specs = {n: r["spec"] for n, r in saved.items()}

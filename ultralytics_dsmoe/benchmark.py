@@ -524,8 +524,9 @@ def markdown(report: dict) -> str:
                          f"{'-' if v == f['stock'] or len(f['seeds']) < 2 else 'yes' if r['beyond_spread'] else 'no'} | "
                          f"{r['gflops_ratio']:.3f} | {r['ort']['value']:.2f}{ratio_range(r['ort'])} | "
                          f"{'-' if r.get('branch_share') is None else '%.3f +- %.3f' % tuple(r['branch_share'])} |")
-        lines += ["", "| upgrade target | measured | limit | met |", "|---|---:|---:|---|"]
-        lines += [f"| {k} | {v:.3f} | {lim} | {MET[met]} |" for k, (v, lim, met) in f["targets"].items()]
+        if f["targets"]:  # judged on the plain full upgrade only: none when this run did not train it
+            lines += ["", "| upgrade target | measured | limit | met |", "|---|---:|---:|---|"]
+            lines += [f"| {k} | {v:.3f} | {lim} | {MET[met]} |" for k, (v, lim, met) in f["targets"].items()]
     routing = {k: r["routing"] for k, r in report["models"].items() if r.get("routing")}
     if routing:
         lines += ["", "## Expert routing (report split)", "",
