@@ -184,9 +184,10 @@ def test_finetune_variants_are_the_paper_columns_on_the_base_the_text_controls_a
     assert {yaml_model_load(cfg)["scale"] for cfg in list(swept.values())[1:]} == {"n"}  # the base's scale, dots or not
     losses = benchmark.finetune_variants(str(base), tmp_path / "losses",  # the loss-gain sweep of issue 12
                                          keep=("full", "full:qfl_gain=4", "hyperbolic:align_gain=0.2",
-                                               "grounded:2,moe_balance=0.1"))
-    assert list(losses)[1:] == ["dsmoe-v8-hyperbolic-a0.2-n", "dsmoe-v8n", "dsmoe-v8-full-q4-n",
-                                "dsmoe-v8-grounded-g2-b0.1-n"]
+                                               "grounded:2,moe_balance=0.1", "experts:align_gain=0.2,moe_balance=1",
+                                               "experts:moe_balance=1,align_gain=0.2"))  # one setting, two spellings
+    assert list(losses)[1:] == ["dsmoe-v8-hyperbolic-a0.2-n", "dsmoe-v8-experts-b1-a0.2-n", "dsmoe-v8n",
+                                "dsmoe-v8-full-q4-n", "dsmoe-v8-grounded-g2-b0.1-n"]
     keys = ("qfl_gain", "align_gain", "moe_balance", "ground_gain")
     cfg = {k: [yaml_model_load(c).get(key) for key in keys] for k, c in list(losses.items())[1:]}
     default = cfg["dsmoe-v8n"]

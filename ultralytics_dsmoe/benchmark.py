@@ -153,8 +153,9 @@ GAINS = {  # the model-YAML gains a --variants entry may set (hyperbolic:align_g
 
 
 def split_variant(variant: str) -> tuple[str, tuple[tuple[str, float], ...]]:
-    """A --variants entry -> (variant, its gains): ``full:qfl_gain=4,moe_balance=0.1`` is the full upgrade with those
-    two model-YAML gains; a bare number is the ground gain (``grounded_regions:2``)."""
+    """A --variants entry -> (variant, its gains in ``GAINS`` order): ``full:qfl_gain=4,moe_balance=0.1`` is the full
+    upgrade with those two model-YAML gains; a bare number is the ground gain (``grounded_regions:2``). The order is
+    fixed, so one setting written two ways names one run."""
     column, _, setting = variant.partition(":")
     if column not in VARIANTS:
         raise argparse.ArgumentTypeError(f"unknown variant {column!r}: choose from {', '.join(VARIANTS)}")
@@ -170,7 +171,7 @@ def split_variant(variant: str) -> tuple[str, tuple[tuple[str, float], ...]]:
             gains[key] = float(value)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{variant!r}: the value of {key} must be a number") from None
-    return column, tuple(gains.items())
+    return column, tuple((k, gains[k]) for k in GAINS if k in gains)
 
 
 def gain_tag(gains: tuple[tuple[str, float], ...]) -> str:
