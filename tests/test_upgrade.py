@@ -72,6 +72,26 @@ def test_upgrade_starts_exactly_where_the_source_is(tmp_path, cfg, family):
     assert (outputs(a, x) - outputs(b, x)).abs().max() > 1e-3
 
 
+def test_upgrade_with_fewer_stages_starts_where_the_source_is_and_keeps_them_out(tmp_path):
+    """``dsmoe upgrade --stages hyperbolic``: text and Poincare alignment only (a dense conv where the experts were,
+    BCE); ``--stages text`` aligns in Euclidean space. Exact at the start, and the checkpoint rebuilds what it holds."""
+    source = yolo_checkpoint(tmp_path / "line.pt", "yolov8n.yaml")
+    a = YOLO(str(source)).model.eval()
+    x = torch.rand(2, 3, 96, 160)
+    for stages, poincare in (("hyperbolic", True), ("text", False)):
+        out = main([str(source), "--out", str(tmp_path / f"{stages}.pt"), "--stages", stages])
+        b = YOLO(str(out)).model.eval()
+        assert not any(isinstance(m, SparseMoE) for m in b.modules()) and b.yaml["loss"] == "default"
+        assert [m.hyperbolic for m in b.modules() if isinstance(m, HyperbolicAlign)] == [poincare]
+        assert len(added_rows(b)) == 10  # the same rows as the full upgrade: one mapping for every column
+        assert (outputs(a, x) - outputs(b, x)).abs().max() <= 1e-5
+        assert torch.load(out, weights_only=False)["dsmoe_upgrade"]["stages"] == stages
+        rebuilt = DetectionModel(b.yaml, nc=4, verbose=False)  # what `yolo train model=<out>.pt` builds
+        assert rebuilt.state_dict().keys() == b.state_dict().keys()
+    with pytest.raises(SystemExit):  # argparse names the choices
+        main([str(source), "--stages", "experts-only"])
+
+
 def test_a_source_that_does_not_match_fails_naming_the_first_row(tmp_path):
     v11 = yolo_checkpoint(tmp_path / "v11.pt", "yolo11n.yaml")
     with pytest.raises(UpgradeMismatch, match=r"yolo11n.yaml row 2 \(C3k2\) against dsmoe-v8n.yaml row 2 \(C2f\)"):
@@ -195,7 +215,7 @@ def test_finetune_variants_are_the_paper_columns_on_the_base_the_text_controls_a
     assert cfg["dsmoe-v8-hyperbolic-a0.2-n"][1] == 0.2 and cfg["dsmoe-v8-hyperbolic-a0.2-n"][0] == default[0]
     assert cfg["dsmoe-v8-grounded-g2-b0.1-n"] == [default[0], default[1], 0.1, 2.0]
     assert benchmark.variant_gains("dsmoe-v8-grounded-g2-b0.1-n") == {"ground_gain": 2.0, "moe_balance": 0.1}
-    assert benchmark.column_label("dsmoe-v8-full-q4-n") == benchmark.STAGE_COLUMNS["full"] + "; qfl_gain 4"
+    assert benchmark.column_label("dsmoe-v8-full-q4-n") == benchmark.STAGES["full"] + "; qfl_gain 4"
     results = {f"{v}-seed0": {"map50": 0.5, "map50_95": 0.3, "gflops": 1.0, "ort_ms": 9.0} for v in ("b", "dsmoe-v8-full-q4-n", "f")}
     summary = benchmark.finetune_summary(results, ["b", "dsmoe-v8-full-q4-n", "f"], [0], "base.pt")
     assert all(k.startswith("f ") for k in summary["targets"])  # the targets judge the full upgrade, not a sweep row

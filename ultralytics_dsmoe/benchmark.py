@@ -49,6 +49,7 @@ import time
 from pathlib import Path
 
 from ultralytics_dsmoe.meta import __version__
+from ultralytics_dsmoe.upgrade import STAGES, ablate
 from ultralytics_dsmoe.util import cpu_name
 
 DEFAULT_MODELS = ("yolov8n.yaml", "yolov8s.yaml", "yolo11s.yaml", "yolo26s.yaml", "dsmoe-n.yaml")
@@ -99,12 +100,6 @@ def stage_dataset(data: str, out: Path, gamma: float | None) -> Path:
     return yaml_file
 
 
-STAGE_COLUMNS = {  # the paper's ablation columns on a fixed YOLO backbone, in order: each adds to the one before
-    "text": "+ text guidance: stages 1-4, 6, 9-10 (Euclidean alignment, a dense conv for the experts, BCE)",
-    "hyperbolic": "+ Poincare alignment (stage 5)",
-    "experts": "+ sparse experts (stages 7-8)",
-    "full": "+ QFocal: the full upgrade",
-}
 GROUND_GAIN = 0.5  # the grounded variants' ground_gain: its cross-entropy (log nc at the start) beside box and DFL
 # (--variants grounded_regions:2 trains one at another gain, named with -g2)
 ON_FULL = {  # the full upgrade with model-YAML keys and SparseMoE's routing args (after c2, Ne, k) set: the text
@@ -125,24 +120,7 @@ ON_FULL = {  # the full upgrade with model-YAML keys and SparseMoE's routing arg
 }
 
 
-def ablate(d: dict, column: str) -> dict:
-    """An upgrade config dict cut back to one of ``STAGE_COLUMNS`` (in place): later columns' stages are replaced by
-    what the paper's earlier columns use (Ultralytics' BCE for QFocal, a dense 1x1 CBS for the experts, Euclidean for
-    the Poincare ball)."""
-    order = list(STAGE_COLUMNS)
-    upto = order.index(column)
-    if upto < order.index("full"):
-        d["loss"] = "default"
-    for row in d["backbone"] + d["head"]:
-        if row[2] == "SparseMoE" and upto < order.index("experts"):
-            row[1:] = [1, "Conv", [row[3][0], 1, 1]]
-            row[0] = row[0][0]  # the dense conv reads F_b only, not the text
-        if row[2] == "HyperbolicAlign" and upto < order.index("hyperbolic"):
-            row[3] = [*row[3][:3], "euclidean"]
-    return d
-
-
-VARIANTS = ("stock", *STAGE_COLUMNS, *ON_FULL)  # --variants choices, in the order they are trained
+VARIANTS = ("stock", *STAGES, *ON_FULL)  # --variants choices, in the order they are trained
 GAINS = {  # the model-YAML gains a --variants entry may set (hyperbolic:align_gain=0.2), the letter that tags the
     # run's name (-a0.2), and the variants that have the term the gain scales
     "ground_gain": ("g", tuple(c for c, v in ON_FULL.items() if "ground_gain" in v[0])),
@@ -206,7 +184,7 @@ def finetune_variants(base: str, out: Path, keep=VARIANTS) -> dict[str, str]:
             d = yaml_model_load(cfg)
             d.pop("yaml_file", None)
             d["scale"] = scale
-            if column in STAGE_COLUMNS:
+            if column in STAGES:
                 ablate(d, column)
             else:
                 keys, routing, _ = ON_FULL[column]
@@ -544,7 +522,7 @@ def markdown(report: dict) -> str:
 def column_of(variant: str) -> str:
     """The --variants key of a fine-tune variant's name (dsmoe-v8-text-s -> text, dsmoe-v8s -> full)."""
     parts = variant.split("-")
-    return next((p for p in parts if p in (*STAGE_COLUMNS, *ON_FULL)), "full")
+    return next((p for p in parts if p in (*STAGES, *ON_FULL)), "full")
 
 
 def variant_gains(variant: str) -> dict[str, float]:
@@ -557,7 +535,7 @@ def column_label(variant: str) -> str:
     """What a fine-tune variant adds, with the gains its name sets (the ground gain else ``GROUND_GAIN``)."""
     column, gains = column_of(variant), variant_gains(variant)
     ground = gains.pop("ground_gain", GROUND_GAIN)
-    label = ON_FULL[column][-1].format(gain=ground) if column in ON_FULL else STAGE_COLUMNS[column]
+    label = ON_FULL[column][-1].format(gain=ground) if column in ON_FULL else STAGES[column]
     return label + "".join(f"; {k} {v:g}" for k, v in gains.items())
 
 

@@ -29,10 +29,33 @@ from torch import nn
 from ultralytics_dsmoe.nn import ResidualGate
 
 CONFIGS = ("dsmoe-v8.yaml", "dsmoe-11.yaml")  # tried in this order when --cfg is not given
+STAGES = {  # the paper's ablation columns on a fixed YOLO backbone, in order: each adds to the one before
+    "text": "+ text guidance: stages 1-4, 6, 9-10 (Euclidean alignment, a dense conv for the experts, BCE)",
+    "hyperbolic": "+ Poincare alignment (stage 5)",
+    "experts": "+ sparse experts (stages 7-8)",
+    "full": "+ QFocal: the full upgrade",
+}
 
 
 class UpgradeMismatch(ValueError):
     """The source checkpoint's layers do not match the upgrade config's YOLO rows."""
+
+
+def ablate(d: dict, stages: str) -> dict:
+    """An upgrade config dict cut back to one of ``STAGES`` (in place): later columns' stages are replaced by what the
+    paper's earlier columns use (Ultralytics' BCE for QFocal, a dense 1x1 CBS for the experts, Euclidean for the
+    Poincare ball). The rows stay where they are, so every column maps a source checkpoint alike."""
+    order = list(STAGES)
+    upto = order.index(stages)
+    if upto < order.index("full"):
+        d["loss"] = "default"
+    for row in d["backbone"] + d["head"]:
+        if row[2] == "SparseMoE" and upto < order.index("experts"):
+            row[1:] = [1, "Conv", [row[3][0], 1, 1]]
+            row[0] = row[0][0]  # the dense conv reads F_b only, not the text
+        if row[2] == "HyperbolicAlign" and upto < order.index("hyperbolic"):
+            row[3] = [*row[3][:3], "euclidean"]
+    return d
 
 
 def is_upgrade(model) -> bool:
@@ -118,11 +141,11 @@ def structural_view(source, target, shapes: bool = False):
     return view
 
 
-def build_target(source, cfg: str):
-    """The upgrade config ``cfg`` at the source's scale and class count."""
+def build_target(source, cfg: str, stages: str = "full"):
+    """The upgrade config ``cfg`` at the source's scale and class count, cut back to ``stages`` (one of ``STAGES``)."""
     from ultralytics.nn.tasks import DetectionModel, yaml_model_load
 
-    d = yaml_model_load(cfg)
+    d = ablate(yaml_model_load(cfg), stages)
     scale = (getattr(source, "yaml", None) or {}).get("scale") or "n"
     if scale not in d["scales"]:
         raise UpgradeMismatch(f"{describe(source)} has scale '{scale}', which {Path(cfg).name} does not define.")
@@ -130,14 +153,18 @@ def build_target(source, cfg: str):
     return DetectionModel(d, nc=len(source.names), verbose=False)
 
 
-def upgrade_model(source, cfg: str | None = None):
+def upgrade_model(source, cfg: str | None = None, stages: str = "full"):
     """The upgraded DetectionModel for a plain YOLO DetectionModel (weights copied, gates at zero), and the config.
 
-    Without ``cfg`` each of ``CONFIGS`` is tried; the error then lists why each one failed."""
+    Without ``cfg`` each of ``CONFIGS`` is tried; the error then lists why each one failed. ``stages`` keeps the
+    paper's stages up to that column of ``STAGES`` (``hyperbolic``: text and Poincare alignment, a dense conv for the
+    experts, BCE)."""
+    if stages not in STAGES:
+        raise ValueError(f"unknown stages {stages!r}: choose from {', '.join(STAGES)}")
     errors = []
     for candidate in [cfg] if cfg else CONFIGS:
         try:
-            target = build_target(source, candidate)
+            target = build_target(source, candidate, stages)
             view = structural_view(source, target, shapes=True)
         except UpgradeMismatch as e:
             errors.append(str(e))
@@ -153,8 +180,10 @@ def upgrade_model(source, cfg: str | None = None):
     raise UpgradeMismatch("Cannot upgrade this checkpoint:\n  " + "\n  ".join(errors))
 
 
-def upgrade(source: str | Path, out: str | Path | None = None, cfg: str | None = None, data: str | None = None) -> Path:
-    """Write the DS-MoE upgrade of the YOLO checkpoint ``source`` to ``out`` (default: ``<source>-dsmoe.pt``)."""
+def upgrade(source: str | Path, out: str | Path | None = None, cfg: str | None = None, data: str | None = None,
+            stages: str = "full") -> Path:
+    """Write the DS-MoE upgrade of the YOLO checkpoint ``source`` to ``out`` (default: ``<source>-dsmoe.pt``), with
+    the stages up to ``stages`` (``STAGES``)."""
     from ultralytics import YOLO
     from ultralytics.utils import LOGGER
 
@@ -167,7 +196,7 @@ def upgrade(source: str | Path, out: str | Path | None = None, cfg: str | None =
     yolo = YOLO(str(source))
     if yolo.task != "detect":
         raise UpgradeMismatch(f"{source} is a '{yolo.task}' model; DS-MoE upgrades detection models.")
-    target, cfg = upgrade_model(yolo.model, cfg)
+    target, cfg = upgrade_model(yolo.model, cfg, stages)
     prompts, root = None, None
     if data:
         from ultralytics.data.utils import check_det_dataset
@@ -181,11 +210,12 @@ def upgrade(source: str | Path, out: str | Path | None = None, cfg: str | None =
     fill_text(target, target.names, prompts, root)
     yolo.model = target
     yolo.ckpt = {"train_args": yolo.ckpt.get("train_args", {}), "epoch": -1, "optimizer": None,
-                 "dsmoe_upgrade": {"source": str(source), "config": Path(cfg).name}}
+                 "dsmoe_upgrade": {"source": str(source), "config": Path(cfg).name, "stages": stages}}
     out.parent.mkdir(parents=True, exist_ok=True)
     yolo.save(out)
     rows = len(added_rows(target))
-    LOGGER.info(f"DS-MoE upgrade: {source} -> {out} ({Path(cfg).name} scale {target.yaml['scale']}, {rows} rows added, "
+    LOGGER.info(f"DS-MoE upgrade: {source} -> {out} ({Path(cfg).name} scale {target.yaml['scale']}, stages: {stages}, "
+                f"{rows} rows added, "
                 "every source tensor mapped, gates at zero: the model computes what the source did).")
     return out
 
@@ -196,9 +226,12 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--out", help="output checkpoint (default: <source>-dsmoe.pt beside it)")
     p.add_argument("--cfg", help=f"upgrade config (default: the first of {', '.join(CONFIGS)} that matches)")
     p.add_argument("--data", help="data yaml whose class prompts to embed (its names must be the checkpoint's)")
+    p.add_argument("--stages", choices=list(STAGES), default="full",
+                   help="the paper's stages up to this ablation column (default: full): " +
+                        "; ".join(f"{k}: {v.removeprefix('+ ')}" for k, v in STAGES.items()))
     a = p.parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        return upgrade(a.source, a.out, a.cfg, a.data)
+        return upgrade(a.source, a.out, a.cfg, a.data, a.stages)
     except (UpgradeMismatch, FileNotFoundError) as e:
         raise SystemExit(f"dsmoe upgrade: {e}") from None
 
