@@ -215,8 +215,8 @@ def upgrade(source: str | Path, out: str | Path | None = None, cfg: str | None =
     yolo.save(out)
     rows = len(added_rows(target))
     LOGGER.info(f"DS-MoE upgrade: {source} -> {out} ({Path(cfg).name} scale {target.yaml['scale']}, stages: {stages}, "
-                f"{rows} rows added, "
-                "every source tensor mapped, gates at zero: the model computes what the source did).")
+                f"{rows} rows added, every source tensor mapped, gates at zero: the model computes what the source "
+                "did).")
     return out
 
 
