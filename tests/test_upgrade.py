@@ -262,6 +262,10 @@ def test_finetune_summary_pairs_seeds_and_counts_a_gain_only_beyond_the_spread()
     np.testing.assert_allclose(full["gain_pp"], [3.0, 1.0], atol=1e-9)  # paired gains 3, 2, 4 pp
     np.testing.assert_allclose(text["gain_pp"], [1 / 3, np.std([1, -1, 1], ddof=1)], atol=1e-9)
     assert full["beyond_spread"] and not text["beyond_spread"]
+    two = benchmark.finetune_summary(runs, ["yolov8s", "dsmoe-v8s-text", "dsmoe-v8s"], [0, 1], "base.pt")
+    assert two["variants"]["dsmoe-v8s"]["gain_pp"] == pytest.approx([2.5, 0.5 ** 0.5])  # 3 and 2 pp agree ...
+    assert not two["variants"]["dsmoe-v8s"]["beyond_spread"]  # ... but two seeds are not a spread
+    assert two["targets"]["dsmoe-v8s mAP50-95 gain - std (pp)"][2] is False
     assert s["targets"]["dsmoe-v8s mAP50-95 gain - std (pp)"] == pytest.approx([2.0, 1.5, True])
     assert s["targets"]["dsmoe-v8s ONNX Runtime latency vs yolov8s"] == pytest.approx([1.12, 1.15, True])
 

@@ -8,18 +8,19 @@
 # Each call reuses finished runs, so it can be interrupted and continued (one dataset, or some variants, at a time):
 #   bash benchmarks/upgrade/run.sh aluminum [variants...]      e.g.  bash benchmarks/upgrade/run.sh neu-det full
 # SEEDS="0 1" trains some seeds only (two calls with different seeds can run side by side, started a minute or more
-# apart: each call re-times the finished base, exporting it to the same best.onnx, and two exports at once corrupt it);
-# report all by a last call.
+# apart: a call without the base trains it, and two exports of one checkpoint at once corrupt its best.onnx);
+# report all by a last call. A finished base is reused as it is, its report left untouched.
 # A variant may set its loss gains (a sweep): bash benchmarks/upgrade/run.sh aluminum full:qfl_gain=4 grounded_regions:2
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SET=${1:-aluminum}; shift || true
+BASE=benchmarks/upgrade/$SET-base
 VARIANTS=${*:-text hyperbolic experts full shuffled random grounded grounded_shuffled grounded_regions grounded_regions_bg}
 DATA=../shared/datasets/$SET/data.yaml
 EXTRA=(); [ "$SET" = neu-det ] && EXTRA=(--fraction 0.5)  # 630 of 1260 train images: the CPU budget
-.venv/bin/dsmoe benchmark --data "$DATA" --models yolov8s.yaml --imgsz 256 --epochs 30 --batch 8 --workers 2 \
-  "${EXTRA[@]}" --latency-imgsz 640 --reps 5 --out "benchmarks/upgrade/$SET-base"
+[ -f "$BASE/runs/yolov8s.result.json" ] || .venv/bin/dsmoe benchmark --data "$DATA" --models yolov8s.yaml \
+  --imgsz 256 --epochs 30 --batch 8 --workers 2 "${EXTRA[@]}" --latency-imgsz 640 --reps 5 --out "$BASE"
 # shellcheck disable=SC2086
-.venv/bin/dsmoe benchmark --data "$DATA" --finetune-from "benchmarks/upgrade/$SET-base/runs/yolov8s/weights/best.pt" \
+.venv/bin/dsmoe benchmark --data "$DATA" --finetune-from "$BASE/runs/yolov8s/weights/best.pt" \
   --variants $VARIANTS --seeds ${SEEDS:-0 1 2} --imgsz 256 --epochs 10 --batch 8 --workers 2 "${EXTRA[@]}" \
   --latency-imgsz 640 --reps 5 --out "benchmarks/upgrade/$SET"
