@@ -113,6 +113,28 @@ def test_a_source_that_does_not_match_fails_naming_the_first_row(tmp_path):
     assert not (tmp_path / "narrow-dsmoe.pt").exists() and not (tmp_path / "v11-dsmoe.pt").exists()
 
 
+def test_upgrade_refuses_what_is_not_a_trained_checkpoint_and_never_overwrites_it(tmp_path):
+    source = yolo_checkpoint(tmp_path / "line.pt", "yolov8n.yaml")
+    before = source.read_bytes()
+    (tmp_path / "yolov8n.yaml").write_text("nc: 4\n")  # a model yaml would build, and upgrade, random weights
+    with pytest.raises(UpgradeMismatch, match="not a trained checkpoint"):
+        upgrade(tmp_path / "yolov8n.yaml")
+    with pytest.raises(UpgradeMismatch, match="is the source checkpoint itself"):
+        upgrade(source, out=tmp_path / "." / "line.pt")
+    (tmp_path / "cut.pt").write_bytes(before[: len(before) // 2])  # a truncated copy
+    with pytest.raises(SystemExit, match=r"dsmoe upgrade: .*cut.pt cannot be read as an Ultralytics checkpoint"):
+        main([str(tmp_path / "cut.pt")])
+    assert source.read_bytes() == before and not list(tmp_path.glob("*-dsmoe.pt"))
+
+
+def test_upgrade_keeps_the_gamma_the_source_was_trained_with(tmp_path):
+    y = YOLO(str(yolo_checkpoint(tmp_path / "line.pt", "yolov8n.yaml")))
+    y.model.yaml["gamma"] = 1.5  # what training on a data yaml with `gamma: 1.5` records
+    y.save(tmp_path / "gamma.pt")
+    assert YOLO(str(upgrade(tmp_path / "gamma.pt"))).model.yaml["gamma"] == 1.5  # predict and val apply it alike
+    assert "gamma" not in YOLO(str(upgrade(tmp_path / "line.pt"))).model.yaml
+
+
 def test_pretrained_yolo_weights_transfer_by_structure_into_an_upgrade_config(tmp_path):
     """``yolo train model=dsmoe-v8n.yaml pretrained=yolov8n.pt`` goes through BaseModel.load: same start as upgrade."""
     source = YOLO(str(yolo_checkpoint(tmp_path / "v8.pt", "yolov8n.yaml"))).model.eval()

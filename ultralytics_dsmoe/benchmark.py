@@ -30,7 +30,9 @@ DS-MoE models also get a routing report (``ultralytics_dsmoe.routing``). ``--top
 DS-MoE config once per top-k instead (the paper's Table 5). Writes ``results.json``, ``results.md`` and
 ``results.png`` to ``--out``; each run folder is under ``--out/runs``. The dataset is read through a folder of
 symlinks in ``--out/data`` (with ``gamma:`` added when asked), so label caches are written there, never into the
-user's dataset.
+user's dataset. A finished run is reused when the same spec is asked again, so one ``--out`` folder holds one
+dataset (and gamma): another is refused there. Settings the command line leaves out come from the ``--cfg`` recipe,
+else ``RUN_DEFAULTS``.
 """
 
 from __future__ import annotations
@@ -72,7 +74,8 @@ def stage_dataset(data: str, out: Path, gamma: float | None) -> Path:
     from ultralytics_dsmoe.data.convert import IMAGE_SUFFIXES
 
     d = check_det_dataset(data)
-    view = {"path": str(out), "names": d["names"], "channels": d.get("channels", 3)}
+    source = str(Path(d.get("yaml_file", data)).resolve())
+    view = {"path": str(out), "names": d["names"], "channels": d.get("channels", 3), "source": source}
     for key in ("prompts", "gamma"):
         if d.get(key) is not None:
             view[key] = d[key]
@@ -80,6 +83,16 @@ def stage_dataset(data: str, out: Path, gamma: float | None) -> Path:
         view["prompts"] = str((Path(d.get("yaml_file", ".")).parent / view["prompts"]).resolve())
     if gamma is not None:
         view["gamma"] = gamma
+    yaml_file = out / "data.yaml"
+    if yaml_file.exists():  # finished runs are reused by their spec, which names this view: one dataset per folder
+        staged = YAML.load(yaml_file)
+        differs = [k for k in ("source", "names", "gamma") if staged.get(k) != view.get(k)
+                   and not (k == "source" and "source" not in staged)]  # views staged by earlier versions lack it
+        if differs:
+            raise ValueError(f"{out.parent} holds a benchmark of {staged.get('source', 'another dataset')} "
+                             f"({', '.join(f'{k} {staged.get(k)}' for k in differs)}); its finished runs would be "
+                             f"reused for {source} ({', '.join(f'{k} {view.get(k)}' for k in differs)}). "
+                             "Use another --out, or delete that folder to start again.")
     for split in ("train", "val", "test"):
         src = d.get(split)
         if not src:
@@ -95,7 +108,6 @@ def stage_dataset(data: str, out: Path, gamma: float | None) -> Path:
                     link.parent.mkdir(parents=True, exist_ok=True)
                     link.symlink_to(source.resolve())
         view[split] = f"images/{split}"
-    yaml_file = out / "data.yaml"
     YAML.save(yaml_file, view)
     return yaml_file
 
@@ -379,6 +391,9 @@ def measure_inference(results: dict, imgsz: int, device: str, reps: int) -> None
         results[name].update(ort_ms=t["median"], ort_min_ms=t["min"], ort_max_ms=t["max"])
 
 
+RUN_DEFAULTS = {"imgsz": 640, "epochs": 100, "batch": 8, "seed": 42, "device": "cpu", "workers": 2, "fraction": 1.0}
+# (a --cfg recipe's value is used where the command line gives none)
+RESERVED = {"data", "model", "project", "name", "exist_ok"}  # set per run by the benchmark, refused in a --cfg recipe
 COST_KEYS = ("params_M", "gflops", "onnx", "ort_provider", "eager_ms", "ort_ms", "ort_min_ms", "ort_max_ms")
 GAIN_TARGET_PP, COST_LIMIT = 1.5, 1.15  # the upgrade's targets: mAP50-95 gain beyond the seed spread, cost vs stock
 MIN_SEEDS = 3  # a gain is judged on this many seeds or more: two that agree by chance are not a spread
@@ -402,7 +417,8 @@ def finetune_summary(results: dict, variants: list[str], seeds: list[int], base:
                    "beyond_spread": v != stock and len(seeds) >= MIN_SEEDS and abs(mean_gain) > std_gain,
                    "gflops_ratio": runs[0]["gflops"] / results[f"{stock}-seed{seeds[0]}"]["gflops"],
                    "ort": timing_verdict(ort_timing(runs[0]), ort_timing(results[f"{stock}-seed{seeds[0]}"]), COST_LIMIT),
-                   "branch_share": mean_std([r["branch_share"] for r in runs]) if runs[0].get("branch_share") else None}
+                   "branch_share": mean_std(shares) if (shares := [r["branch_share"] for r in runs
+                                                                    if r.get("branch_share") is not None]) else None}
     full = next((v for v in variants[1:] if column_of(v) == "full" and not variant_gains(v)), None)
     targets = {}
     if full:
@@ -432,9 +448,9 @@ def judge(results: dict) -> dict:
                 value = 100 * (d[key] - y[key])
                 verdict[f"{label} vs {ref}"] = {"value": value, "limit": limit, "met": value >= limit}
                 continue
-            value = d[key] / y[key]
+            ratio = d[key] / y[key]
             verdict[f"{label} vs {ref}"] = (timing_verdict(ort_timing(d), ort_timing(y), limit) if key == "ort_ms"
-                                            else ratio_verdict(value, value, value, limit))
+                                            else ratio_verdict(ratio, ratio, ratio, limit))
     return verdict
 
 
@@ -600,7 +616,7 @@ def plot(report: dict, file: Path) -> None:
 
 def preflight(models: list[str], device: str, pretrained: bool) -> None:
     """Everything the benchmark will need, checked before it trains anything: a problem found after hours of
-    training is a problem found too late. Raises ``RuntimeError`` listing every problem with its fix."""
+    training is a problem found too late. Raises ``ValueError`` listing every problem with its fix."""
     from ultralytics.nn.tasks import yaml_model_load
     from ultralytics.utils import WEIGHTS_DIR
     from ultralytics.utils.torch_utils import select_device
@@ -615,6 +631,9 @@ def preflight(models: list[str], device: str, pretrained: bool) -> None:
         except ImportError as e:
             problems.append(f"{module} cannot be imported ({e}); it is a dependency of ultralytics-dsmoe: "
                             f"pip install {module}")
+    if "," in str(device).strip(","):
+        problems.append(f"device {device!r}: the benchmark trains on one device (Ultralytics runs multi-GPU training "
+                        "in a subprocess, where its step times and peak memory cannot be read); use --device 0")
     try:
         select_device(device, verbose=False)
     except Exception as e:  # Ultralytics raises ValueError for a missing CUDA device
@@ -641,19 +660,24 @@ def preflight(models: list[str], device: str, pretrained: bool) -> None:
                 problems.append(f"{name}: text_model {text_model!r} is not cached and Ultralytics is "
                                 "offline; use a local folder, `minilm`, or `auto`")
     if problems:
-        raise RuntimeError("dsmoe benchmark cannot run; nothing was trained:\n  " + "\n  ".join(problems))
+        raise ValueError("dsmoe benchmark cannot run; nothing was trained:\n  " + "\n  ".join(problems))
 
 
 def benchmark(a: argparse.Namespace, argv: list[str]) -> dict:
     import torch
     from ultralytics.utils import YAML, checks
 
+    recipe = dict(YAML.load(checks.check_yaml(a.cfg))) if a.cfg else {}
+    if reserved := sorted(set(recipe) & RESERVED):
+        raise ValueError(f"--cfg {a.cfg} sets {reserved}, which the benchmark sets for each run; remove them")
+    for key, default in RUN_DEFAULTS.items():  # the command line wins over the recipe, the recipe over the default
+        if getattr(a, key) is None:
+            setattr(a, key, recipe.get(key, default))
     out = a.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     data = stage_dataset(a.data, out / "data", a.gamma)
     has_test = bool(YAML.load(data).get("test"))
     split = a.split or ("test" if has_test else "val")
-    recipe = {k: v for k, v in YAML.load(checks.check_yaml(a.cfg)).items()} if a.cfg else {}
     train = {**recipe, "imgsz": a.imgsz, "epochs": a.epochs, "batch": a.batch, "seed": a.seed, "device": a.device,
              "workers": a.workers, "pretrained": a.pretrained, "fraction": a.fraction}
     seeds = a.seeds or [a.seed]
@@ -664,6 +688,10 @@ def benchmark(a: argparse.Namespace, argv: list[str]) -> dict:
         base = next((m for m in a.models if Path(m).stem.startswith("dsmoe")), "dsmoe-n.yaml")
         runs = {Path(m).stem: (m, a.seed) for m in (model_yaml(base, out / "models", a.pretrained, k) for k in a.topk)}
     else:
+        stems = [Path(m).stem for m in a.models]
+        if clash := sorted({s for s in stems if stems.count(s) > 1}):
+            raise ValueError(f"--models {' '.join(a.models)}: {clash} name more than one model, and each run is named "
+                             "by its file name; copy one checkpoint to another name (e.g. line-a.pt, line-b.pt)")
         runs = {Path(m).stem: (m, a.seed) for m in (model_yaml(m, out / "models", a.pretrained) for m in a.models)}
     preflight([m for m, _ in runs.values()], a.device, a.pretrained)
     results = {}
@@ -711,10 +739,10 @@ def main(argv: list[str] | None = None) -> dict | None:
     p.add_argument("--data", required=True, help="data yaml (a shipped name like aluminum.yaml, or a path)")
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="model yamls or .pt files")
     p.add_argument("--topk", nargs="*", type=int, help=f"sweep the first DS-MoE model's top-k instead (bare: {TOPK})")
-    p.add_argument("--imgsz", type=int, default=640)
-    p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--imgsz", type=int, help=f"default: the --cfg recipe's, else {RUN_DEFAULTS['imgsz']} (as below)")
+    p.add_argument("--epochs", type=int, help=f"default: {RUN_DEFAULTS['epochs']}")
+    p.add_argument("--batch", type=int, help=f"default: {RUN_DEFAULTS['batch']}")
+    p.add_argument("--seed", type=int, help=f"default: {RUN_DEFAULTS['seed']}")
     p.add_argument("--seeds", nargs="+", type=int, help="with --finetune-from: train every variant once per seed")
     p.add_argument("--finetune-from", help="a trained YOLOv8/YOLO11 checkpoint: fine-tune it, its DS-MoE upgrade, the "
                    "stage ablation and the text controls from it (replaces --models)")
@@ -723,9 +751,9 @@ def main(argv: list[str] | None = None) -> dict | None:
                    "benchmark can be built up over several calls, finished runs are reused); one may set loss gains "
                    f"({', '.join(GAINS)}), e.g. full:qfl_gain=4 or experts:align_gain=0.2,moe_balance=0.1 (a bare "
                    "number is the ground gain: grounded_regions:2)")
-    p.add_argument("--device", default="cpu", help="Ultralytics device: cpu, 0, 0,1 ...")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--fraction", type=float, default=1.0, help="fraction of the training set to use")
+    p.add_argument("--device", help="Ultralytics device, one: cpu (default), 0, 1 ...")
+    p.add_argument("--workers", type=int, help=f"default: {RUN_DEFAULTS['workers']}")
+    p.add_argument("--fraction", type=float, help="fraction of the training set to use (default: 1.0)")
     p.add_argument("--pretrained", action="store_true", help="start from pretrained weights (default: from scratch)")
     p.add_argument("--cfg", help="Ultralytics cfg override yaml for every model, e.g. paper-recipe.yaml")
     p.add_argument("--gamma", type=float, help="apply the gamma transform s = r^gamma to every image (paper: 1.5)")

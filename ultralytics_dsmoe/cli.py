@@ -29,7 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] not in COMMANDS:
         print(f"{__doc__.strip()}\n\nUnknown or missing command {argv[:1]}: choose one of {list(COMMANDS)}.", file=sys.stderr)
         return 2
-    importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
+    try:
+        importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
+    except (ValueError, FileNotFoundError) as e:  # the user's input (a path, a name, a setting): a message, no traceback
+        print(f"dsmoe {argv[0]}: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -42,13 +42,23 @@ def routing_report(weights: str, data: str, split: str = "val", imgsz: int = 640
     from ultralytics.utils.torch_utils import select_device
 
     from ultralytics_dsmoe.nn.moe import SparseMoE, switch_loss
+    from ultralytics_dsmoe.patches.trainer import recorded_gamma
 
+    if not Path(weights).is_file():
+        raise FileNotFoundError(f"no checkpoint {weights}")
     dev = select_device(device, verbose=False)
     model = YOLO(weights).model.float().eval().to(dev)
     moe = next((m for m in model.modules() if isinstance(m, SparseMoE)), None)
     if moe is None:
         raise ValueError(f"{weights} has no SparseMoE block: there is no routing to report.")
     d = check_det_dataset(data)
+    if not d.get(split):
+        raise ValueError(f"{data} has no '{split}' split; it has {[s for s in ('train', 'val', 'test') if d.get(s)]}")
+    if list(d["names"].values()) != [model.names[i] for i in sorted(model.names)]:
+        raise ValueError(f"{data} names the classes {list(d['names'].values())}, but {weights} was trained on "
+                         f"{[model.names[i] for i in sorted(model.names)]}")
+    if d.get("gamma") is None and recorded_gamma(model) is not None:  # as `yolo val` does: the images it trained on
+        d = {**d, "gamma": recorded_gamma(model)}
     names = [*d["names"].values(), "background"]
     cfg = get_cfg(overrides={"imgsz": imgsz, "batch": batch, "rect": False, "cache": False})
     dataset = build_yolo_dataset(cfg, d[split], batch, d, mode="val", stride=int(model.stride.max()))

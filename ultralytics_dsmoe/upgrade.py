@@ -150,6 +150,8 @@ def build_target(source, cfg: str, stages: str = "full"):
     if scale not in d["scales"]:
         raise UpgradeMismatch(f"{describe(source)} has scale '{scale}', which {Path(cfg).name} does not define.")
     d["scale"], d["nc"] = scale, len(source.names)
+    if (gamma := (getattr(source, "yaml", None) or {}).get("gamma")) is not None:
+        d["gamma"] = gamma  # the source was trained on gamma-corrected images: predict and val apply it to both alike
     return DetectionModel(d, nc=len(source.names), verbose=False)
 
 
@@ -192,8 +194,15 @@ def upgrade(source: str | Path, out: str | Path | None = None, cfg: str | None =
     source = Path(source)
     if not source.is_file():
         raise FileNotFoundError(f"dsmoe upgrade: no checkpoint {source}")
+    if source.suffix != ".pt":
+        raise UpgradeMismatch(f"{source} is not a trained checkpoint (.pt): an upgrade starts from trained weights.")
     out = Path(out) if out else source.with_name(f"{source.stem}-dsmoe.pt")
-    yolo = YOLO(str(source))
+    if out.resolve() == source.resolve():
+        raise UpgradeMismatch(f"--out {out} is the source checkpoint itself; write the upgrade to another file.")
+    try:
+        yolo = YOLO(str(source))
+    except Exception as e:  # torch.load's and Ultralytics' errors for a truncated or foreign file vary
+        raise UpgradeMismatch(f"{source} cannot be read as an Ultralytics checkpoint ({type(e).__name__}: {e}).") from e
     if yolo.task != "detect":
         raise UpgradeMismatch(f"{source} is a '{yolo.task}' model; DS-MoE upgrades detection models.")
     target, cfg = upgrade_model(yolo.model, cfg, stages)

@@ -81,11 +81,12 @@ class ExpertRouter(TransientState):
     mixture matches are the ones it is routed to.
 
     Loss-free balancing (``balance='bias'``, DeepSeek-V3): the bias b only changes which experts are selected, never the
-    gates. Training forwards count each expert's routing slots (``load``); after each optimiser step ``update_bias``
+    gates. Training forwards count each expert's routing slots (``load``); after each training batch ``update_bias``
     moves b by ``bias_rate * sign(mean load - load_e)`` outside autograd, with the loads summed over DDP ranks, so
     overloaded experts become less likely to be chosen without a loss term the router could satisfy some other way.
-    The Ultralytics trainer calls it after every batch (``patches.trainer``); a custom loop calls
-    ``update_selection_biases(model)`` after its optimiser step. ``cos`` keeps the last forward's cosines (B, Ne) for
+    The Ultralytics trainer calls it after every batch (``patches.trainer``), so with gradient accumulation (``nbs /
+    batch`` batches per optimiser step) b moves that many times per optimiser step; a custom loop calls
+    ``update_selection_biases(model)`` after each batch. ``cos`` keeps the last forward's cosines (B, Ne) for
     the balance terms.
 
     Args:
@@ -96,7 +97,8 @@ class ExpertRouter(TransientState):
         dg: routing width.
         tau: initial temperature; also the fixed temperature of the balance term (``tau0``).
         balance: 'switch' (Switch load-balancing loss) or 'bias' (loss-free bias balancing).
-        bias_rate: step of the selection bias per optimiser step (DeepSeek-V3's gamma, 1e-3, on scores in [0, 1]).
+        bias_rate: step of the selection bias per training batch (DeepSeek-V3's gamma, 1e-3 per step, on scores in
+            [0, 1]; the Ultralytics trainer's batches are smaller than its optimiser steps when it accumulates).
         units: routed units per image in f (SparseMoE's regions, s^2; 1 = per image).
         affinity: add the per-pixel class-affinity term to the routing score: 0 = off, 1 = on, 2 = on with a
             background anchor (above).
@@ -465,7 +467,7 @@ def biased_routers(model: nn.Module) -> list[ExpertRouter]:
 
 
 def update_selection_biases(model: nn.Module) -> None:
-    """After an optimiser step: move the selection bias of every loss-free-balanced router in ``model``."""
+    """After a training batch: move the selection bias of every loss-free-balanced router in ``model``."""
     for router in biased_routers(model):
         router.update_bias()
 

@@ -3,7 +3,7 @@
 - ``DetectionTrainer.set_model_attributes`` also fills the model's class-text buffers from the dataset
   (``ultralytics_dsmoe.text.fill_text``), before the EMA copy, DDP wrapping and the optimizer are made, and, for
   models with loss-free-balanced experts, adds a batch-end callback that moves their selection biases after each
-  optimiser step (``ultralytics_dsmoe.nn.moe.update_selection_biases``; on every DDP rank alike).
+  training batch (``ultralytics_dsmoe.nn.moe.update_selection_biases``; on every DDP rank alike).
 - A data-yaml key ``gamma:`` (the paper's eq. 35) is applied to each image as ``BaseDataset.load_image`` reads it,
   and recorded in the model yaml at training. A PyTorch checkpoint that recorded it gets it on every input path:
   ``BasePredictor.pre_transform`` (files, arrays) and ``BasePredictor.preprocess`` (torch tensors, which skip
