@@ -1,4 +1,4 @@
-"""Two small helpers used across the package: class-name normalisation and model-yaml access."""
+"""Small helpers used across the package: class-name normalisation, model-yaml access and the CPU's name."""
 
 from __future__ import annotations
 
@@ -17,6 +17,12 @@ def model_cfg(model) -> dict:
     """The model-yaml dict of a model (``{}`` for models built without one, e.g. from a checkpoint of another kind)."""
     cfg = getattr(model, "yaml", None)
     return cfg if isinstance(cfg, dict) else {}
+
+
+def rows(d: dict, *modules: str) -> list[list]:
+    """The rows ``[from, repeats, module, args]`` of a model-yaml dict, backbone then head, whose module is one of
+    ``modules`` (the lists themselves: editing one edits ``d``)."""
+    return [row for row in d["backbone"] + d["head"] if row[2] in modules]
 
 
 def cpu_name() -> str:
