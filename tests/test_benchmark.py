@@ -145,7 +145,7 @@ def test_routing_report_counts_match_per_image_routing(dataset, tmp_path, region
             row[3] = [*row[3][:3], "switch", regions]
     model = YOLO("dsmoe-n.yaml")
     model.model = DetectionModel(d, verbose=False)
-    model.model.yaml["scale"] = "n"
+    model.model.yaml["scale"], model.model.names = "n", dict(NAMES)  # as trained on the data: routing checks the names
     for m in model.model.modules():  # a spread of routings, as after training
         if isinstance(m, SparseMoE):
             torch.nn.init.normal_(m.router.queries, std=3.0)
