@@ -52,7 +52,7 @@ from pathlib import Path
 
 from ultralytics_dsmoe.meta import __version__
 from ultralytics_dsmoe.upgrade import STAGES, ablate
-from ultralytics_dsmoe.util import cpu_name, rows
+from ultralytics_dsmoe.util import cpu_name, yaml_rows
 
 DEFAULT_MODELS = ("yolov8n.yaml", "yolov8s.yaml", "yolo11s.yaml", "yolo26s.yaml", "dsmoe-n.yaml")
 TOPK = (1, 2, 4, 5, 8, 16, 32)
@@ -201,7 +201,7 @@ def finetune_variants(base: str, out: Path, keep=VARIANTS) -> dict[str, str]:
             else:
                 keys, routing, _ = ON_FULL[column]
                 d.update(keys)
-                for row in rows(d, "SparseMoE") if routing else []:
+                for row in yaml_rows(d, "SparseMoE") if routing else []:
                     row[3] = [*row[3][:3], *routing]
             d.update(gains)
             tag = column + gain_tag(gains)
@@ -225,7 +225,7 @@ def model_yaml(model: str, out: Path, pretrained: bool, topk: int | None = None)
 
     d = yaml_model_load(model)
     d.pop("yaml_file", None)
-    for row in rows(d, "MobileSAMEncoder", "HybridEncoder"):
+    for row in yaml_rows(d, "MobileSAMEncoder", "HybridEncoder"):
         row[3] = ["download" if pretrained else "none", *row[3][1:]]
     name = Path(model).stem
     if topk is not None:
@@ -242,7 +242,7 @@ def has_experts(model: str) -> bool:
 
     if not model.endswith(".yaml"):
         return False
-    return bool(rows(yaml_model_load(model), "SparseMoE"))
+    return bool(yaml_rows(yaml_model_load(model), "SparseMoE"))
 
 
 def train_and_evaluate(spec: dict) -> dict:
@@ -646,7 +646,7 @@ def preflight(models: list[str], device: str, pretrained: bool) -> None:
             if not (Path(weights).is_file() or (WEIGHTS_DIR / weights).is_file()):
                 problems.append(f"{name}: --pretrained needs {weights}, which cannot be downloaded offline; put it "
                                 f"in {WEIGHTS_DIR}")
-        encoder_weights = {str(r[3][0]) for r in rows(d, "MobileSAMEncoder", "HybridEncoder")}
+        encoder_weights = {str(r[3][0]) for r in yaml_rows(d, "MobileSAMEncoder", "HybridEncoder")}
         local = Path(MOBILESAM_FILE).is_file() or (WEIGHTS_DIR / MOBILESAM_FILE).is_file()
         if "download" in encoder_weights and encoders.offline() and not local:
             problems.append(f"{name}: --pretrained needs {MOBILESAM_FILE}, which cannot be downloaded "

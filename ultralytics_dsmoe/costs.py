@@ -26,7 +26,7 @@ from ultralytics.nn.tasks import DetectionModel, yaml_model_load
 
 from ultralytics_dsmoe.benchmark import REFERENCES, ratio_verdict, target_row, timing_verdict  # REFERENCES: judged against
 from ultralytics_dsmoe.nn import BLOCKS, SparseMoE
-from ultralytics_dsmoe.util import cpu_name, rows
+from ultralytics_dsmoe.util import cpu_name, yaml_rows
 
 TOPK = (1, 2, 4, 5, 8, 16, 32)
 YOLO = ("yolov8n", "yolov8s", "yolov8m", "yolo11s", "yolo26s")
@@ -49,7 +49,7 @@ STAGES = cost_rows()
 
 def set_experts(d: dict, ne: int | None = None, topk: int | None = None) -> dict:
     """Replace Ne and/or top-k in the SparseMoE rows (``[width, Ne, k, ...]``) of a model-yaml dict, in place."""
-    for row in rows(d, "SparseMoE"):
+    for row in yaml_rows(d, "SparseMoE"):
         width, row_ne, row_k, *rest = row[3]  # rest: the balancing scheme, when given
         row[3] = [width, row_ne if ne is None else ne, row_k if topk is None else topk, *rest]
     return d

@@ -27,7 +27,7 @@ from pathlib import Path
 from torch import nn
 
 from ultralytics_dsmoe.nn import ResidualGate
-from ultralytics_dsmoe.util import rows
+from ultralytics_dsmoe.util import yaml_rows
 
 CONFIGS = ("dsmoe-v8.yaml", "dsmoe-11.yaml")  # tried in this order when --cfg is not given
 STAGES = {  # the paper's ablation columns on a fixed YOLO backbone, in order: each adds to the one before
@@ -50,7 +50,7 @@ def ablate(d: dict, stages: str) -> dict:
     upto = order.index(stages)
     if upto < order.index("full"):
         d["loss"] = "default"
-    for row in rows(d, "SparseMoE", "HyperbolicAlign"):
+    for row in yaml_rows(d, "SparseMoE", "HyperbolicAlign"):
         if row[2] == "SparseMoE" and upto < order.index("experts"):
             row[1:] = [1, "Conv", [row[3][0], 1, 1]]
             row[0] = row[0][0]  # the dense conv reads F_b only, not the text

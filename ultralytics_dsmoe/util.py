@@ -19,7 +19,7 @@ def model_cfg(model) -> dict:
     return cfg if isinstance(cfg, dict) else {}
 
 
-def rows(d: dict, *modules: str) -> list[list]:
+def yaml_rows(d: dict, *modules: str) -> list[list]:
     """The rows ``[from, repeats, module, args]`` of a model-yaml dict, backbone then head, whose module is one of
     ``modules`` (the lists themselves: editing one edits ``d``)."""
     return [row for row in d["backbone"] + d["head"] if row[2] in modules]
