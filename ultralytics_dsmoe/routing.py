@@ -43,6 +43,7 @@ def routing_report(weights: str, data: str, split: str = "val", imgsz: int = 640
 
     from ultralytics_dsmoe.nn.moe import SparseMoE, switch_loss
     from ultralytics_dsmoe.patches.trainer import recorded_gamma
+    from ultralytics_dsmoe.util import class_list
 
     if not Path(weights).is_file():
         raise FileNotFoundError(f"no checkpoint {weights}")
@@ -54,11 +55,11 @@ def routing_report(weights: str, data: str, split: str = "val", imgsz: int = 640
     d = check_det_dataset(data)
     if not d.get(split):
         raise ValueError(f"{data} has no '{split}' split; it has {[s for s in ('train', 'val', 'test') if d.get(s)]}")
-    if list(d["names"].values()) != [model.names[i] for i in sorted(model.names)]:
-        raise ValueError(f"{data} names the classes {list(d['names'].values())}, but {weights} was trained on "
-                         f"{[model.names[i] for i in sorted(model.names)]}")
-    if d.get("gamma") is None and recorded_gamma(model) is not None:  # as `yolo val` does: the images it trained on
-        d = {**d, "gamma": recorded_gamma(model)}
+    if class_list(d["names"]) != class_list(model.names):
+        raise ValueError(f"{data} names the classes {class_list(d['names'])}, but {weights} was trained on "
+                         f"{class_list(model.names)}")
+    if d.get("gamma") is None and (gamma := recorded_gamma(model)) is not None:  # as `yolo val` does
+        d = {**d, "gamma": gamma}
     names = [*d["names"].values(), "background"]
     cfg = get_cfg(overrides={"imgsz": imgsz, "batch": batch, "rect": False, "cache": False})
     dataset = build_yolo_dataset(cfg, d[split], batch, d, mode="val", stride=int(model.stride.max()))

@@ -27,7 +27,7 @@ from pathlib import Path
 from torch import nn
 
 from ultralytics_dsmoe.nn import ResidualGate
-from ultralytics_dsmoe.util import yaml_rows
+from ultralytics_dsmoe.util import class_list, yaml_rows
 
 CONFIGS = ("dsmoe-v8.yaml", "dsmoe-11.yaml")  # tried in this order when --cfg is not given
 STAGES = {  # the paper's ablation columns on a fixed YOLO backbone, in order: each adds to the one before
@@ -212,10 +212,9 @@ def upgrade(source: str | Path, out: str | Path | None = None, cfg: str | None =
         from ultralytics.data.utils import check_det_dataset
 
         d = check_det_dataset(data)
-        names = [d["names"][i] for i in sorted(d["names"])]
-        if names != [target.names[i] for i in sorted(target.names)]:
-            raise UpgradeMismatch(f"{data} names the classes {names}, but {source.name} was trained on "
-                                  f"{list(target.names.values())}.")
+        if class_list(d["names"]) != class_list(target.names):
+            raise UpgradeMismatch(f"{data} names the classes {class_list(d['names'])}, but {source.name} was trained "
+                                  f"on {class_list(target.names)}.")
         prompts, root = d.get("prompts"), Path(d.get("yaml_file", ".")).parent
     fill_text(target, target.names, prompts, root)
     yolo.model = target

@@ -1,4 +1,4 @@
-"""Small helpers used across the package: class-name normalisation, model-yaml access and the CPU's name."""
+"""Small helpers used across the package: class names, model-yaml access and the CPU's name."""
 
 from __future__ import annotations
 
@@ -11,6 +11,11 @@ def class_key(name) -> str:
 def class_phrase(name) -> str:
     """A class name as words for a prompt or a question: ``pitted_surface`` -> ``pitted surface``."""
     return str(name).strip().replace("_", " ")
+
+
+def class_list(names) -> list:
+    """Class names in class order, from Ultralytics' ``{index: name}`` dict or a list."""
+    return [names[i] for i in sorted(names)] if isinstance(names, dict) else list(names)
 
 
 def model_cfg(model) -> dict:

@@ -32,7 +32,7 @@ from ultralytics.utils import LOGGER, SETTINGS, YAML
 from ultralytics.utils.downloads import safe_download
 
 from ultralytics_dsmoe.patches.offline import is_offline
-from ultralytics_dsmoe.util import class_key
+from ultralytics_dsmoe.util import class_key, class_list
 
 IMAGE_SUFFIXES = {".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"}
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
@@ -429,8 +429,7 @@ def prepare(yaml: dict, source: str | Path | None = None) -> Path:
             ``source: {files, url}``, optional ``aliases``, ``split`` (default 8:1:1) and ``seed`` (default 42).
         source: the release, a folder or a .zip/.tar/.tar.gz/.tgz archive; default: found by ``find_release``.
     """
-    names = yaml["names"]
-    names = [names[k] for k in sorted(names)] if isinstance(names, dict) else list(names)
+    names = class_list(yaml["names"])
     ratios, out = yaml.get("split") or [0.8, 0.1, 0.1], dataset_root(yaml)
     data = Path(yaml.get("yaml_file") or out.name).name
     if len(ratios) not in (2, 3) or min(ratios) < 0 or ratios[0] <= 0:

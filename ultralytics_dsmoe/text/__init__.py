@@ -17,7 +17,7 @@ import torch
 
 from ultralytics.utils import LOGGER
 
-from ultralytics_dsmoe.util import model_cfg
+from ultralytics_dsmoe.util import class_list, model_cfg
 
 from .cache import load_cached, save_cached
 from .encoders import DEFAULT_LLM, TextModelUnavailable, load_encoder
@@ -69,7 +69,7 @@ def fill_text(model: torch.nn.Module, names: dict | list, data_prompts=None, roo
     cfg = model_cfg(model)
     spec, pooling = str(cfg.get("text_model", "auto")), str(cfg.get("text_pooling", "mean"))
     control = checked_control(cfg.get("text_control", "real"))  # unknown: fails before anything is embedded
-    names = [names[i] for i in sorted(names)] if isinstance(names, dict) else list(names)
+    names = class_list(names)
     prompts = resolve_prompts(names, data_prompts, root)
     for block in blocks:
         if len(names) != block.embeddings.shape[0]:

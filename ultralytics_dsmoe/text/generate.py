@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from ultralytics_dsmoe.util import class_phrase
+from ultralytics_dsmoe.util import class_list, class_phrase
 
 from .encoders import DEFAULT_LLM, load_pretrained
 from .prompts import resolve_prompts
@@ -86,8 +86,7 @@ def main(argv=None):
     from ultralytics.utils.checks import check_yaml
 
     data = yaml.safe_load(Path(check_yaml(a.data)).read_text())
-    names = data["names"]
-    names = [names[i] for i in sorted(names)] if isinstance(names, dict) else list(names)
+    names = class_list(data["names"])
     write_prompts(a.out, names, generate_prompts(names, a.model, a.surface, a.max_new_tokens), a.model)
     print(f"Wrote {len(names)} prompts to {a.out}")
 

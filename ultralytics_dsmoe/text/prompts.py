@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from ultralytics_dsmoe.meta import CFG_DIR
-from ultralytics_dsmoe.util import class_key, class_phrase
+from ultralytics_dsmoe.util import class_key, class_list, class_phrase
 
 TEMPLATE = "a photo of a {name} defect on an industrial surface"
 
@@ -28,7 +28,7 @@ def resolve_prompts(names: dict | list, data_prompts: dict | list | str | None =
             yaml's folder). Entries it lacks fall back to the bank, then to ``TEMPLATE``.
         root: folder that relative prompt-file paths are resolved against.
     """
-    names = [names[i] for i in sorted(names)] if isinstance(names, dict) else list(names)
+    names = class_list(names)
     if isinstance(data_prompts, (str, Path)):
         file = Path(data_prompts)
         file = file if file.is_absolute() or root is None else Path(root) / file
