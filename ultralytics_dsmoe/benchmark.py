@@ -201,8 +201,9 @@ def finetune_variants(base: str, out: Path, keep=VARIANTS) -> dict[str, str]:
             else:
                 keys, routing, _ = ON_FULL[column]
                 d.update(keys)
-                for row in yaml_rows(d, "SparseMoE") if routing else []:
-                    row[3] = [*row[3][:3], *routing]
+                if routing:
+                    for row in yaml_rows(d, "SparseMoE"):
+                        row[3] = [*row[3][:3], *routing]
             d.update(gains)
             tag = column + gain_tag(gains)
             name = stem if tag == "full" else f"{Path(cfg).stem}-{tag}-{scale}"  # scale last: the file name sets it
