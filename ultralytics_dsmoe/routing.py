@@ -55,12 +55,12 @@ def routing_report(weights: str, data: str, split: str = "val", imgsz: int = 640
     d = check_det_dataset(data)
     if not d.get(split):
         raise ValueError(f"{data} has no '{split}' split; it has {[s for s in ('train', 'val', 'test') if d.get(s)]}")
-    if class_list(d["names"]) != class_list(model.names):
-        raise ValueError(f"{data} names the classes {class_list(d['names'])}, but {weights} was trained on "
-                         f"{class_list(model.names)}")
+    classes = class_list(d["names"])
+    if classes != class_list(model.names):
+        raise ValueError(f"{data} names the classes {classes}, but {weights} was trained on {class_list(model.names)}")
     if d.get("gamma") is None and (gamma := recorded_gamma(model)) is not None:  # as `yolo val` does
         d = {**d, "gamma": gamma}
-    names = [*d["names"].values(), "background"]
+    names = [*classes, "background"]
     cfg = get_cfg(overrides={"imgsz": imgsz, "batch": batch, "rect": False, "cache": False})
     dataset = build_yolo_dataset(cfg, d[split], batch, d, mode="val", stride=int(model.stride.max()))
     seen = {}  # the block's inputs [F_b, T_hat], for the expert-similarity probe
