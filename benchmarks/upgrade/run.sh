@@ -11,16 +11,18 @@
 # apart: a call without the base trains it, and two exports of one checkpoint at once corrupt its best.onnx);
 # report all by a last call. A finished base is reused as it is, its report left untouched.
 # A variant may set its loss gains (a sweep): bash benchmarks/upgrade/run.sh aluminum full:qfl_gain=4 grounded_regions:2
+# EPOCHS=20 fine-tunes for that many epochs instead of 10, into its own folder (benchmarks/upgrade/<set>-e20).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SET=${1:-aluminum}; shift || true
 BASE=benchmarks/upgrade/$SET-base
 VARIANTS=${*:-text hyperbolic experts full shuffled random grounded grounded_shuffled grounded_regions grounded_regions_bg}
 DATA=../shared/datasets/$SET/data.yaml
+EPOCHS=${EPOCHS:-10}; OUT=benchmarks/upgrade/$SET; [ "$EPOCHS" = 10 ] || OUT=$OUT-e$EPOCHS
 EXTRA=(); [ "$SET" = neu-det ] && EXTRA=(--fraction 0.5)  # 630 of 1260 train images: the CPU budget
 [ -f "$BASE/runs/yolov8s.result.json" ] || .venv/bin/dsmoe benchmark --data "$DATA" --models yolov8s.yaml \
   --imgsz 256 --epochs 30 --batch 8 --workers 2 "${EXTRA[@]}" --latency-imgsz 640 --reps 5 --out "$BASE"
 # shellcheck disable=SC2086
 .venv/bin/dsmoe benchmark --data "$DATA" --finetune-from "$BASE/runs/yolov8s/weights/best.pt" \
-  --variants $VARIANTS --seeds ${SEEDS:-0 1 2} --imgsz 256 --epochs 10 --batch 8 --workers 2 "${EXTRA[@]}" \
-  --latency-imgsz 640 --reps 5 --out "benchmarks/upgrade/$SET"
+  --variants $VARIANTS --seeds ${SEEDS:-0 1 2} --imgsz 256 --epochs "$EPOCHS" --batch 8 --workers 2 "${EXTRA[@]}" \
+  --latency-imgsz 640 --reps 5 --out "$OUT"
