@@ -247,6 +247,35 @@ def test_an_interrupted_benchmark_reuses_finished_runs_only(tmp_path, monkeypatc
     assert started and not (tmp_path / "yolov8n.result.json").exists()
 
 
+def test_a_run_is_trained_again_when_its_model_file_or_source_checkpoint_changes(dataset, tmp_path, monkeypatch):
+    from ultralytics.utils import ROOT
+
+    seen = []
+
+    class Seen(Exception):
+        pass
+
+    def run_worker(spec, folder):
+        seen.append(spec)
+        raise Seen
+
+    monkeypatch.setattr(benchmark, "run_worker", run_worker)
+    model = tmp_path / "mine.yaml"
+    config = (ROOT / "cfg" / "models" / "v8" / "yolov8.yaml").read_text()
+    for text in (config, config, config.replace("[-1, 3, C2f, [128, True]]", "[-1, 2, C2f, [128, True]]")):
+        model.write_text(text)  # the same path each time: the third call edits the architecture
+        with pytest.raises(Seen):
+            benchmark.main(["--data", str(dataset / "set" / "data.yaml"), "--models", str(model), "--out",
+                            str(tmp_path / "b")])
+    assert seen[0] == seen[1]  # the same config: the finished run would be reused
+    assert {**seen[2], "sha256": None} == {**seen[0], "sha256": None} and seen[2]["sha256"] != seen[0]["sha256"]
+    base = tmp_path / "base.pt"
+    base.write_bytes(b"base weights")
+    before = benchmark.file_digests(str(base), True)  # a bool (pretrained) is not a file: skipped
+    base.write_bytes(b"retrained base")  # a source checkpoint retrained at the same path: another spec
+    assert list(before) == [str(base)] and benchmark.file_digests(str(base), True) != before
+
+
 def test_a_stopped_benchmark_stops_its_training_worker(tmp_path):
     """SIGTERM to `dsmoe benchmark` (kill, a scheduler) ends the worker process that trains, not only the parent."""
     script = tmp_path / "bench.py"

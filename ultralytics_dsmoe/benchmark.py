@@ -30,8 +30,9 @@ DS-MoE models also get a routing report (``ultralytics_dsmoe.routing``). ``--top
 DS-MoE config once per top-k instead (the paper's Table 5). Writes ``results.json``, ``results.md`` and
 ``results.png`` to ``--out``; each run folder is under ``--out/runs``. The dataset is read through a folder of
 symlinks in ``--out/data`` (with ``gamma:`` added when asked), so label caches are written there, never into the
-user's dataset. A finished run is reused when the same spec is asked again, so one ``--out`` folder holds one
-dataset (and gamma): another is refused there. Settings the command line leaves out come from the ``--cfg`` recipe,
+user's dataset. A finished run is reused when the same spec is asked again (the same settings, and the same contents
+of the model file and source checkpoint it trained from), so one ``--out`` folder holds one dataset (and gamma):
+another is refused there. Settings the command line leaves out come from the ``--cfg`` recipe,
 else ``RUN_DEFAULTS``.
 """
 
@@ -40,6 +41,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import functools
+import hashlib
 import json
 import os
 import signal
@@ -244,6 +246,14 @@ def has_experts(model: str) -> bool:
     if not model.endswith(".yaml"):
         return False
     return bool(yaml_rows(yaml_model_load(model), "SparseMoE"))
+
+
+def file_digests(*paths) -> dict[str, str]:
+    """Path -> sha256 of each of ``paths`` that is a file. A run's spec names its model yaml (rewritten by every call
+    from the current config) and its source checkpoint by path; their digests make an edited config or a retrained
+    base a new spec, trained again instead of reused."""
+    return {str(p): hashlib.sha256(Path(p).read_bytes()).hexdigest()
+            for p in paths if isinstance(p, str) and Path(p).is_file()}
 
 
 def train_and_evaluate(spec: dict) -> dict:
@@ -697,7 +707,7 @@ def benchmark(a: argparse.Namespace, argv: list[str]) -> dict:
         weights = a.pretrained and model.endswith(".yaml") and not name.startswith("dsmoe")  # YOLO: its COCO .pt
         pretrained = str(Path(a.finetune_from).resolve()) if a.finetune_from else f"{name}.pt" if weights else a.pretrained
         spec = {"model": model, "data": str(data), "project": str(out / "runs"), "name": name, "split": split,
-                "train": {**train, "seed": seed, "pretrained": pretrained}}
+                "train": {**train, "seed": seed, "pretrained": pretrained}, "sha256": file_digests(model, pretrained)}
         results[name] = run_worker(spec, out / "runs")
         if has_experts(model):
             from ultralytics_dsmoe.routing import routing_report
