@@ -70,23 +70,28 @@ def test_dataset_view_keeps_the_users_folder_untouched(dataset, tmp_path):
     assert len(list((tmp_path / "data" / "images" / "train").iterdir())) == 8  # nothing of the other set staged
 
 
-def test_the_command_line_wins_over_the_recipe_and_the_recipe_over_the_defaults(dataset, tmp_path, monkeypatch):
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text("imgsz: 96\nepochs: 7\nlr0: 0.002\n")
+def first_spec(monkeypatch, argv: list[str]) -> dict:
+    """The spec `dsmoe benchmark argv` would train its first run with; nothing is trained."""
     seen = []
 
     class Seen(Exception):
         pass
 
-    def run_worker(spec, folder):  # the first run's spec is all this test needs
+    def run_worker(spec, folder):
         seen.append(spec)
         raise Seen
 
     monkeypatch.setattr(benchmark, "run_worker", run_worker)
     with pytest.raises(Seen):
-        benchmark.main(["--data", str(dataset / "set" / "data.yaml"), "--models", "yolov8n.yaml", "--cfg",
-                        str(recipe), "--epochs", "2", "--out", str(tmp_path / "b")])
-    train = seen[0]["train"]
+        benchmark.main(argv)
+    return seen[0]
+
+
+def test_the_command_line_wins_over_the_recipe_and_the_recipe_over_the_defaults(dataset, tmp_path, monkeypatch):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("imgsz: 96\nepochs: 7\nlr0: 0.002\n")
+    train = first_spec(monkeypatch, ["--data", str(dataset / "set" / "data.yaml"), "--models", "yolov8n.yaml", "--cfg",
+                                     str(recipe), "--epochs", "2", "--out", str(tmp_path / "b")])["train"]
     assert (train["imgsz"], train["epochs"], train["lr0"], train["batch"], train["seed"]) == (96, 2, 0.002, 8, 42)
 
 
@@ -250,23 +255,13 @@ def test_an_interrupted_benchmark_reuses_finished_runs_only(tmp_path, monkeypatc
 def test_a_run_is_trained_again_when_its_model_file_or_source_checkpoint_changes(dataset, tmp_path, monkeypatch):
     from ultralytics.utils import ROOT
 
-    seen = []
-
-    class Seen(Exception):
-        pass
-
-    def run_worker(spec, folder):
-        seen.append(spec)
-        raise Seen
-
-    monkeypatch.setattr(benchmark, "run_worker", run_worker)
     model = tmp_path / "mine.yaml"
     config = (ROOT / "cfg" / "models" / "v8" / "yolov8.yaml").read_text()
+    seen = []
     for text in (config, config, config.replace("[-1, 3, C2f, [128, True]]", "[-1, 2, C2f, [128, True]]")):
         model.write_text(text)  # the same path each time: the third call edits the architecture
-        with pytest.raises(Seen):
-            benchmark.main(["--data", str(dataset / "set" / "data.yaml"), "--models", str(model), "--out",
-                            str(tmp_path / "b")])
+        seen.append(first_spec(monkeypatch, ["--data", str(dataset / "set" / "data.yaml"), "--models", str(model),
+                                             "--out", str(tmp_path / "b")]))
     assert seen[0] == seen[1]  # the same config: the finished run would be reused
     assert {**seen[2], "sha256": None} == {**seen[0], "sha256": None} and seen[2]["sha256"] != seen[0]["sha256"]
     base = tmp_path / "base.pt"
