@@ -233,8 +233,9 @@ class SparseMoE(AuxLossBlock):
     How sparsity is real: every expert is "cheap spatial pre-op + 1x1 projection W_e". The pre-ops (depthwise
     anisotropic kernels, box means, identity) have no channel mixing and are computed once per sample for all three
     expert kinds; the projections (the cost) are stored stacked as one (Ne, c2, c) bank. For each sample the k chosen
-    projections are gathered (``SparseMoE.chosen``) and applied by einsum, together with the chosen expert's kind of input,
-    so compute grows with k and not with Ne, there is no Python control flow on routing, and the graph exports.
+    projections are gathered (``SparseMoE.chosen``) and applied by one batched matmul, after a one-hot matmul has
+    picked each chosen expert's kind of input (ONNX Runtime runs MatMul faster than the same Einsum), so compute grows
+    with k and not with Ne, there is no Python control flow on routing, and the graph exports.
 
     Readings: eq. 22-23 concatenate two branches; here channel halves F_b^a, F_b^b go through the two branches so
     the concatenation has c channels and every expert's projection has the same shape (the per-k pointwise convs of
@@ -359,7 +360,9 @@ class SparseMoE(AuxLossBlock):
         """F_b (B, c, H, W) -> the expert inputs (U, 3, c, h, w) and F_b (U, c, h, w) of the U = B s^2 routed units.
         The expert inputs are computed on the whole map first: the global experts' box means cross region borders."""
         s, c = self.regions, self.c_in
-        inputs = split_regions(self.expert_inputs(f).flatten(1, 2), s, 3 * c).unflatten(1, (3, -1))
+        units = split_regions(self.expert_inputs(f).flatten(1, 2), s, 3 * c)  # (U, 3c, h, w)
+        # view, not unflatten: the tracer keeps a view's sizes symbolic, an unflatten's become constants in ONNX
+        inputs = units.view(units.shape[0], 3, c, *units.shape[2:])
         return inputs, split_regions(f, s, c)
 
     def experts(self, inputs: torch.Tensor, idx: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
@@ -368,9 +371,10 @@ class SparseMoE(AuxLossBlock):
         dtype = inputs.dtype
         pick = self.chosen(idx)
         kind = pick(self.kind)  # (B, k)
-        xs = torch.einsum("bkt,btchw->bkchw", F.one_hot(kind, 3).to(dtype), inputs)
+        b, _, c, h, w = inputs.shape
+        xs = (F.one_hot(kind, 3).to(dtype) @ inputs.flatten(2)).view(b, -1, c, h * w)  # (B, k, c, H*W)
         weight = pick(self.weight) * pick(self.fofs_mask) if self.fofs else pick(self.weight)  # (B, k, c2, c)
-        y = torch.einsum("bkoc,bkchw->bkohw", weight.to(dtype), xs)  # only the k chosen W_e run
+        y = (weight.to(dtype) @ xs).view(b, -1, self.c_out, h, w)  # (B, k, c2, H, W): only the k chosen W_e run
         text_k = torch.gather(text, 1, idx.unsqueeze(-1).expand(-1, -1, text.shape[-1]))  # (B, k, d)
         cross = (kind == 2).to(dtype)[..., None]  # (B, k, 1)
         w_t = pick(self.text_weight)
