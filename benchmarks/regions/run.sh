@@ -2,7 +2,9 @@
 # Issue 13's routing comparison on the CPU proxy, as run for BENCHMARKS.md ("Routing granularity", "Text meets the
 # image", "Expert diversity"): per image, per region (4 x 4), and per region with each option (r4g: class affinity
 # with the class texts grounded on the boxes), one recipe.
-# yolov8s trains with the same recipe, so dsmoe-n's accuracy is judged against it (issue 11).
+# yolov8s trains with the same recipe, so dsmoe-n's accuracy is judged against it (issue 11). The same command with
+# OUT=benchmarks/recipe/aluminum-seed<SEED> trained the paper-recipe half of BENCHMARKS.md's "The paper's recipe
+# against Ultralytics' default, in one environment" (yolov8s.yaml dsmoe-n.yaml).
 # Finished runs are reused, so models can be added one at a time, or a subset named (OUT= another report folder;
 # SEED= another seed than the recipe's 42, into its own OUT folder):
 #   bash benchmarks/regions/run.sh [aluminum|neu-det] [models...]
