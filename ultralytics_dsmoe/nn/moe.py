@@ -362,7 +362,7 @@ class SparseMoE(AuxLossBlock):
         s, c = self.regions, self.c_in
         units = split_regions(self.expert_inputs(f).flatten(1, 2), s, 3 * c)  # (U, 3c, h, w)
         # view, not unflatten: the tracer keeps a view's sizes symbolic, an unflatten's become constants in ONNX
-        inputs = units.view(units.shape[0], 3, c, *units.shape[2:])
+        inputs = units.view(units.shape[0], 3, -1, *units.shape[2:])  # c from the map: 0.1.0 blocks have c_in = 0
         return inputs, split_regions(f, s, c)
 
     def experts(self, inputs: torch.Tensor, idx: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
@@ -374,7 +374,7 @@ class SparseMoE(AuxLossBlock):
         b, _, c, h, w = inputs.shape
         xs = (F.one_hot(kind, 3).to(dtype) @ inputs.flatten(2)).view(b, -1, c, h * w)  # (B, k, c, H*W)
         weight = pick(self.weight) * pick(self.fofs_mask) if self.fofs else pick(self.weight)  # (B, k, c2, c)
-        y = (weight.to(dtype) @ xs).view(b, -1, self.c_out, h, w)  # (B, k, c2, H, W): only the k chosen W_e run
+        y = (weight.to(dtype) @ xs).view(b, -1, weight.shape[2], h, w)  # (B, k, c2, H, W): only the k chosen W_e run
         text_k = torch.gather(text, 1, idx.unsqueeze(-1).expand(-1, -1, text.shape[-1]))  # (B, k, d)
         cross = (kind == 2).to(dtype)[..., None]  # (B, k, 1)
         w_t = pick(self.text_weight)
