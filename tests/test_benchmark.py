@@ -68,6 +68,11 @@ def test_dataset_view_keeps_the_users_folder_untouched(dataset, tmp_path):
     with pytest.raises(ValueError, match=f"holds a benchmark of {dataset / 'set' / 'data.yaml'}.*Use another --out"):
         benchmark.stage_dataset(str(other / "data.yaml"), tmp_path / "data", gamma=1.5)
     assert len(list((tmp_path / "data" / "images" / "train").iterdir())) == 8  # nothing of the other set staged
+    # a view copied without its links (plain files where the links were) is named, not overwritten
+    images[0].unlink()
+    images[0].write_text(str(dataset / "set" / "images" / "train" / images[0].name))
+    with pytest.raises(FileExistsError, match=f"{images[0]} is a file, not a link.*Delete that folder"):
+        benchmark.stage_dataset(str(dataset / "set" / "data.yaml"), tmp_path / "data", gamma=1.5)
 
 
 def first_spec(monkeypatch, argv: list[str]) -> dict:

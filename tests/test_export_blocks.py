@@ -58,10 +58,10 @@ class RoutedMoE(nn.Module):
         super().__init__()
         self.moe = moe
 
-    def forward(self, f: torch.Tensor, t: torch.Tensor):
+    def forward(self, f: torch.Tensor, t: torch.Tensor, *geo: torch.Tensor):
         s = self.moe.regions  # the router sees what SparseMoE gives it: each image, or each region of an s x s grid
         _, idx, gates, _ = self.moe.router(split_regions(f, s, self.moe.c_in), t)
-        return self.moe([f, t]), idx, gates
+        return self.moe([f, t, *geo]), idx, gates
 
 
 def biased(moe: SparseMoE) -> SparseMoE:
@@ -169,10 +169,22 @@ CASES = {
         ["f", "t"],
         ["y", "idx", "gates"],
     ),
+    "SparseMoE-pixel-text": (  # per region, the cross experts' text per pixel from G's distance maps
+        lambda: RoutedMoE(SparseMoE([C, D, 16 + NC], C, ne=8, k=3, regions=3)),
+        [fmap(C), text, geometry],
+        ["f", "t", "g"],
+        ["y", "idx", "gates"],
+    ),
     "ExpertEnsemble": (
         lambda: ListInput(randomize_norms(ExpertEnsemble([C, C, D], C))),
         [fmap(C), fmap(C), text],
         ["fg", "fb", "t"],
+        ["y"],
+    ),
+    "ExpertEnsemble-pixel-text": (
+        lambda: ListInput(randomize_norms(ExpertEnsemble([C, C, D, 16 + NC], C))),
+        [fmap(C), fmap(C), text, geometry],
+        ["fg", "fb", "t", "g"],
         ["y"],
     ),
     "FeatureAggregate": (lambda: ListInput(FeatureAggregate([C, C], C)), [fmap(C), fmap(C)], ["fe", "fm"], ["y"]),

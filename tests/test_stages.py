@@ -28,9 +28,13 @@ from ultralytics_dsmoe.nn.moe import update_selection_biases
 STAGED = [name for name, b in BLOCKS.items() if b.stages and b.rule is not None]  # YAML blocks that implement stages
 
 
-def build(ne=32, k=5, nc=4, seed=0, **overrides):
-    """dsmoe-n with the SparseMoE row's Ne and k replaced."""
+def build(ne=32, k=5, nc=4, seed=0, pixel_text=False, **overrides):
+    """dsmoe-n with the SparseMoE row's Ne and k replaced (and with the pixel text: Stage 5's G, layer 9, fed to
+    Stages 8 and 9 as well)."""
     d = set_experts(yaml_model_load("dsmoe-n.yaml"), ne=ne, topk=k)
+    for row in d["backbone"] if pixel_text else []:
+        if row[2] in ("SparseMoE", "ExpertEnsemble"):
+            row[0] = [*row[0], 9]
     d.update(overrides)
     torch.manual_seed(seed)
     model = DetectionModel(d, nc=nc, verbose=False)
@@ -232,47 +236,110 @@ def test_each_sample_runs_exactly_k_experts_and_only_they_learn():
     assert {e for e in range(16) if row_grad[e] > 0} == used  # unrouted experts' projections never ran
 
 
-def test_moe_output_is_the_gated_sum_of_its_chosen_experts():
-    """Dense reference: run every expert on every sample, keep the top-k with renormalised weights."""
+def geometry_map(b, n, nc, h, w):
+    """A Stage 5 output G: n tangent channels and nc non-negative distance maps."""
+    return torch.cat([torch.randn(b, n, h, w), torch.rand(b, nc, h, w) * 3], 1)
+
+
+@pytest.mark.parametrize("pixel_text", [False, True])
+def test_moe_output_is_the_gated_sum_of_its_chosen_experts(pixel_text):
+    """Dense reference: run every expert on every sample, keep the top-k with renormalised weights. Cross-modal
+    experts add W_t^(j) T_j, or with the pixel text W_t^(j) sum_c a_c(p) T_hat_c, a = softmax_c(-d_H / tau)."""
     torch.manual_seed(0)
-    moe = SparseMoE([16, 8], 16, ne=6, k=2)
-    f, t = torch.randn(3, 16, 5, 5), torch.randn(3, 2, 8)
-    out = moe([f, t])
+    moe = SparseMoE([16, 8, 4 + 2] if pixel_text else [16, 8], 16, ne=6, k=2)
+    f, t, g = torch.randn(3, 16, 5, 5), torch.randn(3, 2, 8), geometry_map(3, 4, 2, 5, 5)
+    if pixel_text:
+        moe.text_log_tau.data.fill_(-0.5)
+    out = moe([f, t, g] if pixel_text else [f, t])
     probs, idx, gates, text = moe.router(f, t)
     inputs = moe.expert_inputs(f)  # (B, 3, c, H, W)
+    a = F.softmax(-g[:, 4:] / math.exp(-0.5), dim=1)  # (B, nc, H, W)
     ref = torch.zeros_like(out)
     for b in range(3):
         for j, e in enumerate(idx[b].tolist()):
             kind = int(moe.kind[e])
             y = torch.einsum("oc,chw->ohw", moe.weight[e], inputs[b, kind]) + moe.bias[e][:, None, None]
-            if kind == 2:  # cross-modal, eq. 24
-                y = y + (moe.text_weight[e] @ text[b, e])[:, None, None]
+            if kind == 2:  # cross-modal, eq. 24: expert e's text, or each pixel's
+                pixel = torch.einsum("chw,cd->dhw", a[b], t[b])  # (d, H, W)
+                y = y + (torch.einsum("od,dhw->ohw", moe.text_weight[e], pixel) if pixel_text
+                         else (moe.text_weight[e] @ text[b, e])[:, None, None])
                 y = F.layer_norm(y.permute(1, 2, 0), (16,), moe.ln_weight[e], moe.ln_bias[e], 1e-5).permute(2, 0, 1)
             ref[b] += gates[b, j] * y
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
 
 
-def moe_flops(ne, k, c=64, hw=16, regions=1):
-    moe = SparseMoE([c, 32], c, ne=ne, k=k, regions=regions).eval()
-    gflops = count_flops(lambda: moe([torch.randn(2, c, hw, hw), torch.randn(2, 4, 32)]))[0]
+def moe_flops(ne, k, c=64, hw=16, regions=1, pixel_text=False):
+    moe = SparseMoE([c, 32, 8 + 4] if pixel_text else [c, 32], c, ne=ne, k=k, regions=regions).eval()
+    x = [torch.randn(2, c, hw, hw), torch.randn(2, 4, 32)] + [geometry_map(2, 8, 4, hw, hw)] * pixel_text
+    gflops = count_flops(lambda: moe(x))[0]
     return round(gflops * 1e9)  # the exact integer count: the equalities below compare FLOP differences exactly
 
 
-@pytest.mark.parametrize("regions", [1, 4])
-def test_moe_flops_grow_with_k_not_with_ne(regions):
-    """Per image and per region of a 4 x 4 grid alike: each routed unit runs k experts over its own cells."""
-    flops = functools.partial(moe_flops, regions=regions)
+@pytest.mark.parametrize("regions,pixel_text", [(1, False), (4, False), (4, True)])
+def test_moe_flops_grow_with_k_not_with_ne(regions, pixel_text):
+    """Per image and per region of a 4 x 4 grid alike, with the text per expert or per pixel: each routed unit runs
+    k experts over its own cells."""
+    flops = functools.partial(moe_flops, regions=regions, pixel_text=pixel_text)
     per_expert = (flops(32, 4) - flops(32, 2)) / 2
     assert per_expert > 0
     assert flops(32, 8) - flops(32, 4) == pytest.approx(4 * per_expert, rel=0.01)  # linear in k
     # Ne only adds router keys (an MLP per expert text and routed unit): a cost that does not grow with the image
     ne_cost = flops(32, 2) - flops(8, 2)
     assert flops(32, 2, hw=32) - flops(8, 2, hw=32) == ne_cost
-    # an expert's cost scales with the pixels it runs on (up to its text shift, one per routed unit)
-    assert flops(32, 4, hw=32) - flops(32, 2, hw=32) == pytest.approx(4 * 2 * per_expert, rel=0.03)
+    # an expert's cost scales with the pixels it runs on, up to its text shift: one per routed unit, or with the pixel
+    # text its nc products W_t^(j) T_hat_c (here 8% of its cost on a region of 4 x 4 cells)
+    assert flops(32, 4, hw=32) - flops(32, 2, hw=32) == pytest.approx(4 * 2 * per_expert, rel=0.03 + 0.07 * pixel_text)
     assert flops(32, 5, hw=32) <= 0.25 * flops(32, 32, hw=32)
     if regions > 1:  # the experts cost what they cost per image, up to the text shift added once per routed unit
-        assert per_expert == pytest.approx((moe_flops(32, 4) - moe_flops(32, 2)) / 2, rel=0.05)
+        per_image = (moe_flops(32, 4, pixel_text=pixel_text) - moe_flops(32, 2, pixel_text=pixel_text)) / 2
+        assert per_expert == pytest.approx(per_image, rel=0.05 + 0.07 * pixel_text)
+
+
+def test_ensemble_pixel_text_is_the_text_of_the_class_each_pixel_is_near():
+    """Stage 9's cross stream with G: sum_c a_c(p) W T_hat_c at each pixel. Equidistant anchors give back the class-mean
+    text of the block without G; a pixel next to one anchor carries that class's text."""
+    from ultralytics_dsmoe.nn import ExpertEnsemble
+
+    torch.manual_seed(0)
+    mean_block, pixel_block = ExpertEnsemble([8, 8, 6], 8).eval(), ExpertEnsemble([8, 8, 6, 4 + 3], 8).eval()
+    pixel_block.load_state_dict(mean_block.state_dict(), strict=False)  # all but its temperature
+    fg, fb, t = torch.randn(2, 8, 5, 6), torch.randn(2, 8, 5, 6), torch.randn(2, 3, 6)
+    g = geometry_map(2, 4, 3, 5, 6)
+    g[:, 4:] = 1.7  # every pixel as far from each anchor
+    torch.testing.assert_close(pixel_block([fg, fb, t, g]), mean_block([fg, fb, t]))
+    near = torch.randint(0, 3, (2, 5, 6))
+    g[:, 4:] = 30 * (1 - F.one_hot(near, 3).permute(0, 3, 1, 2).float())  # pixel p: distance 0 to class near(p) only
+    seen = {}
+    pixel_block.cross.register_forward_hook(lambda m, inputs, out: seen.update(x=inputs[0]))
+    pixel_block([fg, fb, t, g])
+    per_class = pixel_block.text(t)  # (B, nc, dt)
+    expected = torch.stack([per_class[b, near[b]] for b in range(2)]).permute(0, 3, 1, 2)  # (B, dt, H, W)
+    torch.testing.assert_close(seen["x"][:, 8:], expected)
+
+
+def test_pixel_text_makes_the_cross_experts_text_depend_on_the_image():
+    """With the visual projections zeroed, a cross-modal expert outputs LayerNorm(bias + its text term). Without G that
+    is one vector per expert, the same at every pixel of every image: a bias. With G it follows each pixel's class
+    assignment, so it differs between images and pixels, and new prompts move it (issue 13: text that meets the
+    image)."""
+    torch.manual_seed(0)
+    moe = SparseMoE([16, 8, 4 + 3], 16, ne=4, k=4).eval()  # k = Ne: every expert runs
+    moe.weight.data.zero_()
+    f, g = torch.randn(2, 16, 5, 5), geometry_map(2, 4, 3, 5, 5)
+    t = torch.randn(1, 3, 8).expand(2, -1, -1)  # T_hat: the same for every image
+    inputs, _ = moe.routed_units(f)
+    every = torch.arange(4).expand(2, -1)
+    with torch.no_grad():
+        const = moe.experts(inputs, every, moe.router.expert_text(t))[:, 2:]  # (B, 2 cross experts, c2, H, W)
+        pixel = moe.experts(inputs, every, *moe.unit_text(t, [g]))[:, 2:]
+        moved = moe.experts(inputs, every, *moe.unit_text(t + torch.randn(1, 3, 8), [g]))[:, 2:]
+
+    def spread(y):  # the largest difference to image 0's top-left pixel
+        return (y - y[:1, :, :, :1, :1]).abs().amax()
+
+    assert spread(const) < 1e-5
+    assert spread(pixel) > 1e-2
+    assert (moved - pixel).abs().amax() > 1e-2
 
 
 def test_regions_split_and_merge_are_inverse_on_any_map_size():
@@ -403,9 +470,10 @@ def test_fofs_gives_each_expert_only_its_own_channels():
 # ------------------------------------------------------------------------------------------- model-level behaviour
 
 
-def test_every_parameter_gets_a_gradient():
+@pytest.mark.parametrize("pixel_text", [False, True])
+def test_every_parameter_gets_a_gradient(pixel_text):
     """timm-style: one batch, dense routing (k = Ne) so every expert is reached."""
-    model = build(ne=8, k=8)
+    model = build(ne=8, k=8, pixel_text=pixel_text)
     b = batch()
     preds = model(b["img"])
     loss, _ = model.loss(b, preds)

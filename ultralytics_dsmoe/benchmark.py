@@ -107,6 +107,10 @@ def stage_dataset(data: str, out: Path, gamma: float | None) -> Path:
             label = Path(img2label_paths([str(im)])[0])
             for source, link in ((im, out / "images" / split / rel), (label, out / "labels" / split / rel.with_suffix(".txt"))):
                 if source.exists() and not link.is_symlink():
+                    if link.exists():  # not ours to replace: a view copied without its links (or a user's file)
+                        raise FileExistsError(f"{link} is a file, not a link to {source}: the dataset view in {out} "
+                                              "was copied without its symlinks. Delete that folder; the next run "
+                                              "stages it again.")
                     link.parent.mkdir(parents=True, exist_ok=True)
                     link.symlink_to(source.resolve())
         view[split] = f"images/{split}"

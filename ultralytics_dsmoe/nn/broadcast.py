@@ -8,6 +8,8 @@ from torch import nn
 
 from ultralytics.nn.modules import Conv
 
+from .hyperbolic import class_assignment
+
 __all__ = ("SpaceBroadcast",)
 
 # Narrowest geometry (d_e = n // 2) and value (c_v = c2 // 2) widths. The shipped configs never reach them (n = 64
@@ -75,7 +77,7 @@ class SpaceBroadcast(nn.Module):
         f, geo, t = x
         b, _, h, w = f.shape
         g, dmap = geo[:, : self.n], geo[:, self.n :].float()
-        a = F.softmax(-dmap / self.log_tau.exp(), dim=1)  # (B, nc, H, W) soft class assignment
+        a = class_assignment(geo, self.nc, self.log_tau)  # (B, nc, H, W) soft class assignment
         gamma = self.gamma(g)  # (B, d_e, H, W)
         text = torch.einsum("bchw,bcd->bdhw", a.to(f.dtype), self.text(t))  # (B, d_e, H, W)
         v = self.value(torch.cat([f, gamma], 1))  # (B, c_v, H, W)

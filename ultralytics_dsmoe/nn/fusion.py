@@ -8,6 +8,7 @@ from torch import nn
 
 from ultralytics.nn.modules import Conv
 
+from .hyperbolic import class_assignment
 from .transient import AuxLossBlock
 
 __all__ = ("ExpertEnsemble", "FeatureAggregate")
@@ -18,30 +19,42 @@ class ExpertEnsemble(nn.Module):
 
     Readings: ``F_g`` (the 'gating-guided features from Stage 7') is the gated expert mixture F_MoE. The spatial
     stream is three dilated depthwise 3x3 convolutions (rates 1, 2, 3) summed, then a pointwise CBS for the kernel K.
-    For the cross-modal stream the nc class texts are averaged and projected to a small width, broadcast over
-    H x W and concatenated to F_b before a 3x3 CBS. Eq. 25 is a sum, so F_e has c2 channels (the text's 'Cg + Cb'
-    cannot hold for a sum; eq. 27 also needs F_e and F_MoE to have equal widths).
+    For the cross-modal stream the class texts are projected to a small width, expanded over H x W and concatenated
+    to F_b before a 3x3 CBS. Eq. 25 is a sum, so F_e has c2 channels (the text's 'Cg + Cb' cannot hold for a sum;
+    eq. 27 also needs F_e and F_MoE to have equal widths).
+
+    Expand, two readings, chosen by the inputs:
+    - [F_MoE, F_b, T_hat]: the class-mean text ``W mean_c T_hat_c``, the same vector at every pixel of every image.
+      T_hat does not depend on the image, so this is a learned constant map: a bias, not guidance.
+    - [F_MoE, F_b, T_hat, G] (pixel text): ``sum_c a_c(p) W T_hat_c`` with ``a = softmax_c(-d_H / tau)`` from
+      Stage 5's distance maps in G (tau learned, initialised at 1), as Stage 6 forms its text context: each pixel
+      carries the text of the classes it is near. A uniform assignment gives back the class mean.
 
     Args:
-        c1: [channels of F_MoE, channels of F_b, text width d].
+        c1: [channels of F_MoE, channels of F_b, text width d] or the same with G's channels (n + nc) appended.
         c2: output channels.
-        dt: width of the projected text broadcast over the map. The paper gives none; the class-mean text is one
-            vector per image, so few channels carry it: 32 is 20% of the 3x3 conv's input at dsmoe-n (F_b: 128).
+        dt: width of the projected text. The paper gives none; 32 is 20% of the 3x3 conv's input at dsmoe-n (F_b: 128).
     """
 
     def __init__(self, c1: list[int], c2: int, dt: int = 32):
         super().__init__()
-        cg, cb, d = c1
+        cg, cb, d = c1[:3]
         self.dilated = nn.ModuleList(nn.Conv2d(cg, cg, 3, padding=r, dilation=r, groups=cg, bias=False) for r in (1, 2, 3))
         self.spatial = Conv(cg, c2, 1)
         self.text = nn.Linear(d, dt)
         self.cross = Conv(cb + dt, c2, 3)
+        if len(c1) == 4:  # pixel text: the temperature of the class assignment
+            self.log_tau = nn.Parameter(torch.zeros(()))
 
     def forward(self, x: list[torch.Tensor]) -> torch.Tensor:
-        """[F_MoE (B, cg, H, W), F_b (B, cb, H, W), T_hat (B, nc, d)] -> F_e (B, c2, H, W)."""
-        fg, fb, t = x
+        """[F_MoE (B, cg, H, W), F_b (B, cb, H, W), T_hat (B, nc, d)[, G (B, n + nc, H, W)]] -> F_e (B, c2, H, W)."""
+        fg, fb, t, *geo = x
         spatial = self.spatial(sum(conv(fg) for conv in self.dilated))
-        text = self.text(t.mean(1)).to(fb.dtype)[..., None, None].expand(-1, -1, *fb.shape[2:])
+        if geo:  # (B, dt, H, W): sum_c a_c(p) W T_hat_c
+            a = class_assignment(geo[0], t.shape[1], self.log_tau)
+            text = torch.einsum("bchw,bcd->bdhw", a.to(fb.dtype), self.text(t).to(fb.dtype))
+        else:  # (B, dt, H, W): W mean_c T_hat_c at every pixel
+            text = self.text(t.mean(1)).to(fb.dtype)[..., None, None].expand(-1, -1, *fb.shape[2:])
         return spatial + self.cross(torch.cat([fb, text], 1))
 
 

@@ -16,7 +16,7 @@ from ultralytics.nn.modules import Conv
 from .ground import grounding_loss
 from .transient import AuxLossBlock
 
-__all__ = ("HyperbolicAlign", "artanh", "clip_norm", "dist", "expmap0", "logmap", "logmap0", "mobius_add", "project")
+__all__ = ("HyperbolicAlign", "artanh", "class_assignment", "clip_norm", "dist", "expmap0", "logmap", "logmap0", "mobius_add", "project")
 
 MIN_NORM = 1e-6
 MAX_NORM = 1 - 1e-5  # points stay strictly inside the unit ball (fp32 resolves 1 - 1e-5 from 1)
@@ -76,6 +76,15 @@ def logmap(p: torch.Tensor, x: torch.Tensor, dim: int = -1) -> torch.Tensor:
 def dist(x: torch.Tensor, y: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """Poincaré distance d_H(x, y) = 2 artanh(|-x (+) y|) (equal to the arccosh form under eq. 12)."""
     return 2 * artanh(_norm(mobius_add(-x, y, dim), dim)).squeeze(dim)
+
+
+def class_assignment(geo: torch.Tensor, nc: int, log_tau: torch.Tensor) -> torch.Tensor:
+    """Stage 5's output G (B, n + nc, H, W) -> a_c(p) = softmax_c(-d_H,c(p) / tau), (B, nc, H, W) in fp32.
+
+    Each pixel's soft assignment to the nc class anchors, from G's last nc channels (the distance maps). The blocks
+    that bring the class texts to the pixels after Stage 5 (Stage 6's text context, the pixel text of Stages 8-9) use
+    it, each with its own learned temperature tau = exp(log_tau)."""
+    return F.softmax(-geo[:, -nc:].float() / log_tau.exp(), dim=1)
 
 
 class HyperbolicAlign(AuxLossBlock):

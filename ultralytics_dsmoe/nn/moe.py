@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .ground import grounding_loss
+from .hyperbolic import class_assignment
 from .transient import AuxLossBlock, TransientState
 
 __all__ = ("ExpertRouter", "SparseMoE", "biased_routers", "merge_regions", "split_regions", "switch_loss",
@@ -230,6 +231,14 @@ class SparseMoE(AuxLossBlock):
         E_j (cross, eq. 24)  = LayerNorm_j(W_j F_b + W_t^(j) Expand(T_j)),   j = 3..Ne
         F_MoE                = sum_{i in top-k} g_i E_i                       eq. 21, (B, c2, H, W)
 
+    Expand(T_j), two readings, chosen by the inputs:
+    - [F_b, T_hat]: expert j's text T_j (``ExpertRouter``) at every pixel. T_hat does not depend on the image, so
+      ``W_t^(j) T_j`` is one learned vector per expert, what ``bias`` already holds: a bias, not guidance.
+    - [F_b, T_hat, G] (pixel text): ``W_t^(j) sum_c a_c(p) T_hat_c`` with ``a = softmax_c(-d_H / tau)`` from Stage 5's
+      distance maps in G (tau learned, initialised at 1), as Stage 6 forms its text context: the expert reads the
+      text of the classes each pixel is near. Computed as ``sum_c a_c(p) (W_t^(j) T_hat_c)``: nc products per chosen
+      expert, not H * W.
+
     How sparsity is real: every expert is "cheap spatial pre-op + 1x1 projection W_e". The pre-ops (depthwise
     anisotropic kernels, box means, identity) have no channel mixing and are computed once per sample for all three
     expert kinds; the projections (the cost) are stored stacked as one (Ne, c2, c) bank. For each sample the k chosen
@@ -273,7 +282,7 @@ class SparseMoE(AuxLossBlock):
     balance terms count regions (B s^2 routing decisions per batch).
 
     Args:
-        c1: [channels c of F_b, text width d].
+        c1: [channels c of F_b, text width d], or with G's channels (n + nc) appended for the pixel text.
         c2: output channels.
         ne: number of experts (2 task + ne - 2 cross-modal).
         k: experts per sample (paper: floor(log2 Ne) = 5).
@@ -294,7 +303,7 @@ class SparseMoE(AuxLossBlock):
     def __init__(self, c1: list[int], c2: int, ne: int = 32, k: int = 5, balance: str = "switch", regions: int = 1,
                  affinity: int = 0, fofs: int = 0):
         super().__init__()
-        c, d = c1
+        c, d = c1[:2]
         if ne < 3:
             raise ValueError(f"SparseMoE needs the 2 task experts and at least one cross-modal expert, got ne={ne}")
         if int(regions) != regions or regions < 1:
@@ -310,6 +319,8 @@ class SparseMoE(AuxLossBlock):
         self.weight = nn.Parameter(torch.randn(ne, c2, c) / math.sqrt(c))  # W_e: the stacked expert projections
         self.bias = nn.Parameter(torch.zeros(ne, c2))
         self.text_weight = nn.Parameter(torch.randn(ne, c2, d) / math.sqrt(d))  # W_t^(j); used by cross experts only
+        if len(c1) == 3:  # pixel text: the temperature of the pixels' class assignment
+            self.text_log_tau = nn.Parameter(torch.zeros(()))
         self.ln_weight = nn.Parameter(torch.ones(ne, c2))
         self.ln_bias = nn.Parameter(torch.zeros(ne, c2))
         kind = torch.tensor([0, 1] + [2] * (ne - 2))  # 0 local, 1 global, 2 cross-modal
@@ -339,14 +350,14 @@ class SparseMoE(AuxLossBlock):
         return torch.stack([local, pooled, f], 1)
 
     def forward(self, x: list[torch.Tensor]) -> torch.Tensor:
-        """[F_b (B, c, H, W), T_hat (B, nc, d)] -> F_MoE (B, c2, H, W).
+        """[F_b (B, c, H, W), T_hat (B, nc, d)[, G (B, n + nc, H, W)]] -> F_MoE (B, c2, H, W).
 
         Below, B counts routed units: images, or B * s^2 regions of (H, W) = (ceil(H/s), ceil(W/s)) cells."""
-        f, t = x
+        f, t, *geo = x
         h, w = f.shape[-2:]
         inputs, f = self.routed_units(f)  # (B, 3, c, H, W), (B, c, H, W)
         probs, idx, gates, text = self.router(f, t)
-        y = self.experts(inputs, idx, text)  # (B, k, c2, H, W)
+        y = self.experts(inputs, idx, *self.unit_text(t, geo) if geo else (text,))  # (B, k, c2, H, W)
         out = torch.einsum("bk,bkohw->bohw", gates.to(f.dtype), y)
         self.remember(self.router.cos, idx, y)
         if not torch.jit.is_tracing():
@@ -365,9 +376,17 @@ class SparseMoE(AuxLossBlock):
         inputs = units.view(units.shape[0], 3, -1, *units.shape[2:])  # c from the map: 0.1.0 blocks have c_in = 0
         return inputs, split_regions(f, s, c)
 
-    def experts(self, inputs: torch.Tensor, idx: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """Expert inputs (B, 3, c, H, W), chosen experts idx (B, k), expert texts (B, Ne, d) -> E_i (B, k, c2, H, W):
-        the outputs of the chosen experts only (eqs. 22-24), before gating."""
+    def unit_text(self, t: torch.Tensor, geo: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """For the pixel text: T_hat (B, nc, d) and [G (B, n + nc, H, W)] -> each routed unit's class texts (U, nc, d)
+        and its pixels' class assignment (U, nc, h, w)."""
+        a = class_assignment(geo[0], t.shape[1], self.text_log_tau)
+        return repeat_units(t, self.regions**2), split_regions(a, self.regions, a.shape[1])
+
+    def experts(self, inputs: torch.Tensor, idx: torch.Tensor, text: torch.Tensor,
+                assign: torch.Tensor | None = None) -> torch.Tensor:
+        """Expert inputs (B, 3, c, H, W), chosen experts idx (B, k) and the text: expert texts T_j (B, Ne, d), or with
+        the pixel text the class texts T_hat (B, nc, d) and their assignment ``assign`` (B, nc, H, W) ->
+        E_i (B, k, c2, H, W): the outputs of the chosen experts only (eqs. 22-24), before gating."""
         dtype = inputs.dtype
         pick = self.chosen(idx)
         kind = pick(self.kind)  # (B, k)
@@ -375,24 +394,29 @@ class SparseMoE(AuxLossBlock):
         xs = (F.one_hot(kind, 3).to(dtype) @ inputs.flatten(2)).view(b, -1, c, h * w)  # (B, k, c, H*W)
         weight = pick(self.weight) * pick(self.fofs_mask) if self.fofs else pick(self.weight)  # (B, k, c2, c)
         y = (weight.to(dtype) @ xs).view(b, -1, weight.shape[2], h, w)  # (B, k, c2, H, W): only the k chosen W_e run
-        text_k = torch.gather(text, 1, idx.unsqueeze(-1).expand(-1, -1, text.shape[-1]))  # (B, k, d)
         cross = (kind == 2).to(dtype)[..., None]  # (B, k, 1)
-        w_t = pick(self.text_weight)
-        shift = pick(self.bias) + cross * torch.einsum("bkod,bkd->bko", w_t, text_k.to(w_t.dtype))
-        y = y + shift.to(dtype)[..., None, None]
+        w_t = pick(self.text_weight)  # (B, k, c2, d)
+        if assign is None:  # W_t^(j) T_j: one vector per expert, the same at every pixel
+            text_k = torch.gather(text, 1, idx.unsqueeze(-1).expand(-1, -1, text.shape[-1]))  # (B, k, d)
+            shift = pick(self.bias) + cross * torch.einsum("bkod,bkd->bko", w_t, text_k.to(w_t.dtype))
+            y = y + shift.to(dtype)[..., None, None]
+        else:  # W_t^(j) sum_c a_c(p) T_hat_c = sum_c a_c(p) (W_t^(j) T_hat_c)
+            per_class = w_t @ text.transpose(1, 2).unsqueeze(1).to(w_t.dtype)  # (B, k, c2, nc)
+            pixel = (per_class @ assign.flatten(2).unsqueeze(1).to(w_t.dtype)).view(y.shape)  # (B, k, c2, H, W)
+            y = y + pick(self.bias).to(dtype)[..., None, None] + cross[..., None, None] * pixel.to(dtype)
         normed = (y - y.mean(2, keepdim=True)) / (y.var(2, keepdim=True, unbiased=False) + 1e-5).sqrt()
         normed = normed * pick(self.ln_weight).to(dtype)[..., None, None] + pick(self.ln_bias).to(dtype)[..., None, None]
         cross = cross[..., None, None]
         return cross * normed + (1 - cross) * y  # LayerNorm for cross-modal experts only (eq. 24)
 
     @torch.no_grad()
-    def expert_similarity(self, f: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def expert_similarity(self, f: torch.Tensor, t: torch.Tensor, *geo: torch.Tensor) -> torch.Tensor:
         """Mean pairwise cosine similarity of all Ne experts' outputs on the same input (B routed units, each
         expert's (c2, H, W) output flattened): 1 = interchangeable experts. Runs every expert: for reports only."""
         inputs, f = self.routed_units(f)
-        text = repeat_units(self.router.expert_text(t), self.regions**2)
+        text = self.unit_text(t, geo) if geo else (repeat_units(self.router.expert_text(t), self.regions**2),)
         every = torch.arange(self.ne, device=f.device).expand(len(f), -1)
-        y = F.normalize(self.experts(inputs, every, text).flatten(2).float(), dim=-1)  # (B, Ne, c2 H W)
+        y = F.normalize(self.experts(inputs, every, *text).flatten(2).float(), dim=-1)  # (B, Ne, c2 H W)
         sim = y @ y.transpose(1, 2)  # (B, Ne, Ne)
         off = ~torch.eye(self.ne, dtype=torch.bool, device=f.device)
         return sim[:, off].mean()
