@@ -16,7 +16,8 @@ from ultralytics.nn.modules import Conv
 from .ground import grounding_loss
 from .transient import AuxLossBlock
 
-__all__ = ("HyperbolicAlign", "artanh", "class_assignment", "clip_norm", "dist", "expmap0", "logmap", "logmap0", "mobius_add", "project")
+__all__ = ("HyperbolicAlign", "artanh", "class_assignment", "clip_norm", "dist", "expmap0", "logmap", "logmap0",
+           "mobius_add", "project")
 
 MIN_NORM = 1e-6
 MAX_NORM = 1 - 1e-5  # points stay strictly inside the unit ball (fp32 resolves 1 - 1e-5 from 1)
