@@ -15,6 +15,7 @@ from ultralytics_dsmoe.nn import (
     AnisotropicDSConv,
     ClassText,
     DSCBAM,
+    ExpertEnsemble,
     FeatureAggregate,
     HyperbolicAlign,
     HybridEncoder,
@@ -298,8 +299,6 @@ def test_moe_flops_grow_with_k_not_with_ne(regions, pixel_text):
 def test_ensemble_pixel_text_is_the_text_of_the_class_each_pixel_is_near():
     """Stage 9's cross stream with G: sum_c a_c(p) W T_hat_c at each pixel. Equidistant anchors give back the class-mean
     text of the block without G; a pixel next to one anchor carries that class's text."""
-    from ultralytics_dsmoe.nn import ExpertEnsemble
-
     torch.manual_seed(0)
     mean_block, pixel_block = ExpertEnsemble([8, 8, 6], 8).eval(), ExpertEnsemble([8, 8, 6, 4 + 3], 8).eval()
     pixel_block.load_state_dict(mean_block.state_dict(), strict=False)  # all but its temperature

@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
-    except (ValueError, FileNotFoundError, FileExistsError) as e:  # the user's input (a path, a name, a setting): a message, no traceback
+    # the user's input (a path, a name, a setting, a folder to clear): a message, no traceback
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"dsmoe {argv[0]}: {e}", file=sys.stderr)
         return 1
     return 0
