@@ -21,7 +21,7 @@ from ultralytics.nn.tasks import DetectionModel, yaml_model_load
 from conftest import interrupted_training, run
 from ultralytics_dsmoe import __version__, benchmark
 from ultralytics_dsmoe.data.synthetic import generate
-from ultralytics_dsmoe.nn import ClassText, HyperbolicAlign, ResidualGate, SparseMoE
+from ultralytics_dsmoe.nn import ClassText, ExpertEnsemble, HyperbolicAlign, ResidualGate, SparseMoE
 from ultralytics_dsmoe.upgrade import UpgradeMismatch, added_rows, main, upgrade
 
 NAMES = {0: "pinhole", 1: "scratch", 2: "stain", 3: "crease"}
@@ -213,7 +213,8 @@ def test_finetune_variants_are_the_paper_columns_on_the_base_the_text_controls_a
     variants = benchmark.finetune_variants(str(base), tmp_path)
     assert list(variants) == ["yolov8n", "dsmoe-v8-text-n", "dsmoe-v8-hyperbolic-n", "dsmoe-v8-experts-n", "dsmoe-v8n",
                               "dsmoe-v8-shuffled-n", "dsmoe-v8-random-n", "dsmoe-v8-grounded-n",
-                              "dsmoe-v8-grounded_shuffled-n", "dsmoe-v8-grounded_regions-n", "dsmoe-v8-grounded_regions_bg-n"]
+                              "dsmoe-v8-grounded_shuffled-n", "dsmoe-v8-grounded_regions-n",
+                              "dsmoe-v8-grounded_regions_bg-n", "dsmoe-v8-grounded_pixel-n"]
     assert variants["yolov8n"] == str(base.resolve())
     some = benchmark.finetune_variants(str(base), tmp_path / "some", keep=("full", "random"))  # --variants full random
     assert list(some) == ["yolov8n", "dsmoe-v8n", "dsmoe-v8-random-n"]
@@ -257,19 +258,24 @@ def test_finetune_variants_are_the_paper_columns_on_the_base_the_text_controls_a
         manifold = "poincare" if hyperbolic else "euclidean"
         moe = next((m for m in model.modules() if isinstance(m, SparseMoE)), None)
         routing = None if moe is None else (moe.regions, moe.router.affinity, moe.router.background)
-        seen[name] = (d["loss"], routing, manifold, d.get("text_control", "real"), d.get("ground_gain"))
+        ensemble = next((m for m in model.modules() if isinstance(m, ExpertEnsemble)), None)
+        pixel = {hasattr(moe, "text_log_tau"), hasattr(ensemble, "log_tau")} if moe else {False}
+        assert len(pixel) == 1, name  # both blocks take G, or neither
+        seen[name] = (d["loss"], routing, manifold, d.get("text_control", "real"), d.get("ground_gain"), *pixel)
         model.load(YOLO(str(base)).model)  # every variant starts from the base checkpoint, gates at zero
     assert seen == {
-        "dsmoe-v8-text-n": ("default", None, "euclidean", "real", 0.0),
-        "dsmoe-v8-hyperbolic-n": ("default", None, "poincare", "real", 0.0),
-        "dsmoe-v8-experts-n": ("default", (1, False, False), "poincare", "real", 0.0),
-        "dsmoe-v8n": ("qfocal", (1, False, False), "poincare", "real", 0.0),
-        "dsmoe-v8-shuffled-n": ("qfocal", (1, False, False), "poincare", "shuffled", 0.0),
-        "dsmoe-v8-random-n": ("qfocal", (1, False, False), "poincare", "random", 0.0),
-        "dsmoe-v8-grounded-n": ("qfocal", (1, False, False), "poincare", "real", benchmark.GROUND_GAIN),
-        "dsmoe-v8-grounded_shuffled-n": ("qfocal", (1, False, False), "poincare", "shuffled", benchmark.GROUND_GAIN),
-        "dsmoe-v8-grounded_regions-n": ("qfocal", (4, True, False), "poincare", "real", benchmark.GROUND_GAIN),
-        "dsmoe-v8-grounded_regions_bg-n": ("qfocal", (4, True, True), "poincare", "real", benchmark.GROUND_GAIN),
+        "dsmoe-v8-text-n": ("default", None, "euclidean", "real", 0.0, False),
+        "dsmoe-v8-hyperbolic-n": ("default", None, "poincare", "real", 0.0, False),
+        "dsmoe-v8-experts-n": ("default", (1, False, False), "poincare", "real", 0.0, False),
+        "dsmoe-v8n": ("qfocal", (1, False, False), "poincare", "real", 0.0, False),
+        "dsmoe-v8-shuffled-n": ("qfocal", (1, False, False), "poincare", "shuffled", 0.0, False),
+        "dsmoe-v8-random-n": ("qfocal", (1, False, False), "poincare", "random", 0.0, False),
+        "dsmoe-v8-grounded-n": ("qfocal", (1, False, False), "poincare", "real", benchmark.GROUND_GAIN, False),
+        "dsmoe-v8-grounded_shuffled-n": ("qfocal", (1, False, False), "poincare", "shuffled", benchmark.GROUND_GAIN,
+                                         False),
+        "dsmoe-v8-grounded_regions-n": ("qfocal", (4, True, False), "poincare", "real", benchmark.GROUND_GAIN, False),
+        "dsmoe-v8-grounded_regions_bg-n": ("qfocal", (4, True, True), "poincare", "real", benchmark.GROUND_GAIN, False),
+        "dsmoe-v8-grounded_pixel-n": ("qfocal", (1, False, False), "poincare", "real", benchmark.GROUND_GAIN, True),
     }
 
 

@@ -23,8 +23,9 @@ checkpoint it fine-tunes, with the identical recipe and seeds, the stock model a
 (``ultralytics_dsmoe.upgrade``), the upgrade's stage ablation (the paper's columns: + text guidance, + Poincare
 alignment, + sparse experts, + QFocal = the full upgrade), two text controls on the full upgrade (the class
 prompts shuffled between classes, and random vectors of the same norm), and the full upgrade with its class anchors
-grounded on the boxes, with real and shuffled prompts (``ON_FULL``). ``--seeds 0 1 2`` repeats every run; the
-report gives mean and standard deviation, and each variant's paired gain over the stock model seed by seed.
+grounded on the boxes, with real and shuffled prompts, routed per region, and with the pixel text (``ON_FULL``).
+``--seeds 0 1 2`` repeats every run; the report gives mean and standard deviation, and each variant's paired gain
+over the stock model seed by seed.
 
 DS-MoE models also get a routing report (``ultralytics_dsmoe.routing``). ``--topk 1 2 4 5 8 16 32`` trains the
 DS-MoE config once per top-k instead (the paper's Table 5). Writes ``results.json``, ``results.md`` and
@@ -120,21 +121,26 @@ def stage_dataset(data: str, out: Path, gamma: float | None) -> Path:
 
 GROUND_GAIN = 0.5  # the grounded variants' ground_gain: its cross-entropy (log nc at the start) beside box and DFL
 # (--variants grounded_regions:2 trains one at another gain, named with -g2)
-ON_FULL = {  # the full upgrade with model-YAML keys and SparseMoE's routing args (after c2, Ne, k) set: the text
-    # controls (are the prompts' semantics what helps?), then the class anchors grounded on the boxes (nn.ground), with
-    # real and shuffled prompts, then grounded per-region routing (issue 13's mode, where a unit holds one defect),
-    # with the router's class affinity as is, then with a background anchor (a region of background holds no class)
-    "shuffled": ({"text_control": "shuffled"}, [], "full upgrade, text control: shuffled"),
-    "random": ({"text_control": "random"}, [], "full upgrade, text control: random"),
-    "grounded": ({"ground_gain": GROUND_GAIN}, [], "+ anchors grounded on the boxes (ground_gain {gain:g})"),
-    "grounded_shuffled": ({"ground_gain": GROUND_GAIN, "text_control": "shuffled"}, [],
+ON_FULL = {  # the full upgrade with model-YAML keys, SparseMoE's routing args (after c2, Ne, k) and the pixel text
+    # (True: Stages 8-9 take Stage 5's G, ``pixel_text``) set: the text controls (are the prompts' semantics what
+    # helps?), then the class anchors grounded on the boxes (nn.ground), with real and shuffled prompts, then grounded
+    # per-region routing (issue 13's mode, where a unit holds one defect), with the router's class affinity as is, then
+    # with a background anchor (a region of background holds no class), then the grounded upgrade with the pixel text
+    # (where grounding has taught Stage 5's assignment the classes)
+    "shuffled": ({"text_control": "shuffled"}, [], False, "full upgrade, text control: shuffled"),
+    "random": ({"text_control": "random"}, [], False, "full upgrade, text control: random"),
+    "grounded": ({"ground_gain": GROUND_GAIN}, [], False, "+ anchors grounded on the boxes (ground_gain {gain:g})"),
+    "grounded_shuffled": ({"ground_gain": GROUND_GAIN, "text_control": "shuffled"}, [], False,
                           "grounded upgrade, text control: shuffled"),
-    "grounded_regions": ({"ground_gain": GROUND_GAIN}, ["switch", 4, 1],
+    "grounded_regions": ({"ground_gain": GROUND_GAIN}, ["switch", 4, 1], False,
                          "grounded upgrade (ground_gain {gain:g}), routed per region (4 x 4) with the router's class "
                          "affinity"),
-    "grounded_regions_bg": ({"ground_gain": GROUND_GAIN}, ["switch", 4, 2],
+    "grounded_regions_bg": ({"ground_gain": GROUND_GAIN}, ["switch", 4, 2], False,
                             "grounded upgrade (ground_gain {gain:g}), routed per region (4 x 4), class affinity with a "
                             "background anchor"),
+    "grounded_pixel": ({"ground_gain": GROUND_GAIN}, [], True,
+                       "grounded upgrade (ground_gain {gain:g}) with the pixel text: Stages 8-9 expand the class texts "
+                       "by Stage 5's class assignment"),
 }
 
 
@@ -146,6 +152,15 @@ GAINS = {  # the model-YAML gains a --variants entry may set (hyperbolic:align_g
     "moe_balance": ("b", ("experts", "full", *ON_FULL)),
     "align_gain": ("a", VARIANTS[1:]),
 }
+
+
+def pixel_text(d: dict) -> dict:
+    """Give a model-yaml dict's cross-modal experts and ensemble the pixel text, in place: Stage 5's G (the
+    HyperbolicAlign row) becomes the last ``from`` input of its SparseMoE and ExpertEnsemble rows."""
+    g = next(i for i, row in enumerate(d["backbone"] + d["head"]) if row[2] == "HyperbolicAlign")
+    for row in yaml_rows(d, "SparseMoE", "ExpertEnsemble"):
+        row[0] = [*row[0], g]
+    return d
 
 
 def split_variant(variant: str) -> tuple[str, tuple[tuple[str, float], ...]]:
@@ -205,11 +220,13 @@ def finetune_variants(base: str, out: Path, keep=VARIANTS) -> dict[str, str]:
             if column in STAGES:
                 ablate(d, column)
             else:
-                keys, routing, _ = ON_FULL[column]
+                keys, routing, pixel, _ = ON_FULL[column]
                 d.update(keys)
                 if routing:
                     for row in yaml_rows(d, "SparseMoE"):
                         row[3] = [*row[3][:3], *routing]
+                if pixel:
+                    pixel_text(d)
             d.update(gains)
             tag = column + gain_tag(gains)
             name = stem if tag == "full" else f"{Path(cfg).stem}-{tag}-{scale}"  # scale last: the file name sets it

@@ -3,8 +3,8 @@
 #   1. the base: yolov8s from scratch by the same `dsmoe benchmark` command as every other model (256 px, 30 epochs);
 #   2. from that one checkpoint: the stock fine-tune, the DS-MoE upgrade, its stage columns, the text controls and
 #      the upgrade with its class texts grounded on the boxes (real and shuffled prompts; routed per region, also with
-#      a background anchor in the router's class affinity), 10 epochs
-#      each, seeds 0 1 2.
+#      a background anchor in the router's class affinity; with the pixel text in Stages 8-9), 10 epochs each,
+#      seeds 0 1 2.
 # Each call reuses finished runs, so it can be interrupted and continued (one dataset, or some variants, at a time):
 #   bash benchmarks/upgrade/run.sh aluminum [variants...]      e.g.  bash benchmarks/upgrade/run.sh neu-det full
 # SEEDS="0 1" trains some seeds only (two calls with different seeds can run side by side, started a minute or more
@@ -16,7 +16,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 SET=${1:-aluminum}; shift || true
 BASE=benchmarks/upgrade/$SET-base
-VARIANTS=${*:-text hyperbolic experts full shuffled random grounded grounded_shuffled grounded_regions grounded_regions_bg}
+VARIANTS=${*:-text hyperbolic experts full shuffled random grounded grounded_shuffled grounded_regions grounded_regions_bg
+  grounded_pixel}
 DATA=../shared/datasets/$SET/data.yaml
 EPOCHS=${EPOCHS:-10}; OUT=benchmarks/upgrade/$SET; [ "$EPOCHS" = 10 ] || OUT=$OUT-e$EPOCHS
 EXTRA=(); [ "$SET" = neu-det ] && EXTRA=(--fraction 0.5)  # 630 of 1260 train images: the CPU budget
