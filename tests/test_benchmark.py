@@ -238,6 +238,29 @@ def test_topk_report_has_the_table5_columns(tmp_path):
     assert (tmp_path / "topk.png").stat().st_size > 0
 
 
+def test_a_call_keeps_the_folders_earlier_rows_apart_with_the_call_that_measured_them(tmp_path, capsys):
+    row = {"map50": 0.6, "map50_95": 0.3, "gflops": 28.4, "ort_ms": 150.0}
+    old = {"settings": {"argv": ["benchmark", "--models", "yolov8s.yaml", "dsmoe-n.yaml"], "date": "2026-12-01"},
+           "models": {"yolov8s": row, "dsmoe-n": {**row, "map50_95": 0.2}},
+           "earlier": {"yolo26s": {**row, "call": {"argv": ["benchmark", "--models", "yolo26s.yaml"],
+                                                   "date": "2026-11-30"}}}}
+    previous = tmp_path / "results.json"
+    assert benchmark.earlier_runs(previous, {}) == {}  # a new folder
+    previous.write_text(json.dumps(old))
+    earlier = benchmark.earlier_runs(previous, {"dsmoe-n": row})  # this call reran dsmoe-n only
+    assert list(earlier) == ["yolo26s", "yolov8s"]  # the rows it did not rerun, none of those it did
+    assert earlier["yolov8s"]["call"] == {"argv": old["settings"]["argv"], "date": "2026-12-01"}
+    assert earlier["yolo26s"]["call"]["date"] == "2026-11-30"  # carried over with the call that measured it
+    report = {"settings": {"argv": ["benchmark", "--models", "dsmoe-n.yaml"], "data": "d.yaml", "split": "test",
+                           "device": "CPU", "date": "2026-12-02", "latency_imgsz": 640, "reps": 3, "train": {}},
+              "models": {}, "targets": {}, "topk": {}, "earlier": earlier}
+    table = benchmark.markdown(report).split("## Earlier runs")[1]
+    command = "`dsmoe benchmark --models yolov8s.yaml dsmoe-n.yaml` (2026-12-01)"
+    assert f"| yolov8s | 0.600 | 0.300 | 28.4 | 150.0 | {command} |" in table
+    previous.write_text("{not json")
+    assert benchmark.earlier_runs(previous, {}) == {} and "not a readable benchmark report" in capsys.readouterr().err
+
+
 def test_an_interrupted_benchmark_reuses_finished_runs_only(tmp_path, monkeypatch):
     best = tmp_path / "best.pt"
     best.write_bytes(b"weights")

@@ -29,12 +29,13 @@ over the stock model seed by seed.
 
 DS-MoE models also get a routing report (``ultralytics_dsmoe.routing``). ``--topk 1 2 4 5 8 16 32`` trains the
 DS-MoE config once per top-k instead (the paper's Table 5). Writes ``results.json``, ``results.md`` and
-``results.png`` to ``--out``; each run folder is under ``--out/runs``. The dataset is read through a folder of
-symlinks in ``--out/data`` (with ``gamma:`` added when asked), so label caches are written there, never into the
-user's dataset. A finished run is reused when the same spec is asked again (the same settings, and the same contents
-of the model file and source checkpoint it trained from), so one ``--out`` folder holds one dataset (and gamma):
-another is refused there. Settings the command line leaves out come from the ``--cfg`` recipe,
-else ``RUN_DEFAULTS``.
+``results.png`` to ``--out``; each run folder is under ``--out/runs``. Rows of the folder's previous report that a
+call does not run are kept in a table of their own, with the call that measured them (``earlier_runs``). The
+dataset is read through a folder of symlinks in ``--out/data`` (with ``gamma:`` added when asked), so label caches
+are written there, never into the user's dataset. A finished run is reused when the same spec is asked again (the
+same settings, and the same contents of the model file and source checkpoint it trained from), so one ``--out``
+folder holds one dataset (and gamma): another is refused there. Settings the command line leaves out come from the
+``--cfg`` recipe, else ``RUN_DEFAULTS``.
 """
 
 from __future__ import annotations
@@ -555,6 +556,14 @@ def markdown(report: dict) -> str:
         if f["targets"]:  # judged on the plain full upgrade only: none when this run did not train it
             lines += ["", "| upgrade target | measured | limit | met |", "|---|---:|---:|---|"]
             lines += [f"| {k} | {v:.3f} | {lim} | {MET[met]} |" for k, (v, lim, met) in f["targets"].items()]
+    if report.get("earlier"):
+        lines += ["", "## Earlier runs in this folder, not in this call", "",
+                  "Trained, evaluated and timed by an earlier call, with that call's settings; its latency was "
+                  "measured on another load, so no ratio or verdict above uses these rows.", "",
+                  "| model | mAP50 | mAP50-95 | GFLOPs | ORT (ms) | measured by |", "|---|---:|---:|---:|---:|---|"]
+        lines += [f"| {k} | {fmt(r.get('map50'))} | {fmt(r.get('map50_95'))} | {r.get('gflops', float('nan')):.1f} | "
+                  f"{r.get('ort_ms', float('nan')):.1f} | `dsmoe {' '.join(r['call']['argv'])}` ({r['call']['date']}) |"
+                  for k, r in report["earlier"].items()]
     routing = {k: r["routing"] for k, r in report["models"].items() if r.get("routing")}
     if routing:
         lines += ["", "## Expert routing (report split)", "",
@@ -751,11 +760,29 @@ def benchmark(a: argparse.Namespace, argv: list[str]) -> dict:
                            "torch": torch.__version__},
               "models": results, "targets": judge(results),
               "topk": {k: name for k, name in zip(a.topk, runs)} if a.topk else {},
-              "finetune": finetune_summary(results, list(variants), seeds, a.finetune_from) if a.finetune_from else {}}
+              "finetune": finetune_summary(results, list(variants), seeds, a.finetune_from) if a.finetune_from else {},
+              "earlier": earlier_runs(out / "results.json", results)}
     (out / "results.json").write_text(json.dumps(report, indent=2))
     (out / "results.md").write_text(markdown(report))
     plot(report, out / "results.png")
     return report
+
+
+def earlier_runs(previous: Path, results: dict) -> dict:
+    """The rows of the folder's previous report (``previous``, its results.json) that this call did not run, each
+    with the call that measured it, so a benchmark built up over several calls keeps every model in its report. They
+    were timed in another call, on another load, so no ratio or verdict uses them."""
+    if not previous.is_file():
+        return {}
+    try:
+        old = json.loads(previous.read_text())
+        call = {k: old["settings"][k] for k in ("argv", "date")}
+        rows = {**old.get("earlier", {}), **{k: {**r, "call": call} for k, r in old["models"].items()}}
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # not a report this plugin wrote: nothing to keep
+        print(f"dsmoe benchmark: {previous} is not a readable benchmark report ({type(e).__name__}: {e}); its rows "
+              "are not carried over", file=sys.stderr)
+        return {}
+    return {k: r for k, r in rows.items() if k not in results}
 
 
 def main(argv: list[str] | None = None) -> dict | None:
