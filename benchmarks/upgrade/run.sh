@@ -16,8 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 SET=${1:-aluminum}; shift || true
 BASE=benchmarks/upgrade/$SET-base
-VARIANTS=${*:-text hyperbolic experts full shuffled random grounded grounded_shuffled grounded_regions grounded_regions_bg
-  grounded_pixel}
+ASK=(); [ $# -gt 0 ] && ASK=(--variants "$@")  # none named: every variant of `dsmoe benchmark --variants`
 DATA=../shared/datasets/$SET/data.yaml
 EPOCHS=${EPOCHS:-10}; OUT=benchmarks/upgrade/$SET; [ "$EPOCHS" = 10 ] || OUT=$OUT-e$EPOCHS
 EXTRA=(); [ "$SET" = neu-det ] && EXTRA=(--fraction 0.5)  # 630 of 1260 train images: the CPU budget
@@ -25,5 +24,5 @@ EXTRA=(); [ "$SET" = neu-det ] && EXTRA=(--fraction 0.5)  # 630 of 1260 train im
   --imgsz 256 --epochs 30 --batch 8 --workers 2 "${EXTRA[@]}" --latency-imgsz 640 --reps 5 --out "$BASE"
 # shellcheck disable=SC2086
 .venv/bin/dsmoe benchmark --data "$DATA" --finetune-from "$BASE/runs/yolov8s/weights/best.pt" \
-  --variants $VARIANTS --seeds ${SEEDS:-0 1 2} --imgsz 256 --epochs "$EPOCHS" --batch 8 --workers 2 "${EXTRA[@]}" \
+  "${ASK[@]}" --seeds ${SEEDS:-0 1 2} --imgsz 256 --epochs "$EPOCHS" --batch 8 --workers 2 "${EXTRA[@]}" \
   --latency-imgsz 640 --reps 5 --out "$OUT"
