@@ -283,9 +283,8 @@ def test_fitted_windows_attend_only_real_tokens():
     blk = enc.vit.layers[2].blocks[0]  # window 14
     with torch.no_grad():
         blk.attn.attention_biases.normal_()
-        x = torch.rand(2, 160, 5, 6)
-        out = encoder._vit_block(blk, x, fit=True)
-        tokens = x.flatten(2).transpose(1, 2)  # (B, 30, C): one 5 x 6 window
+        tokens = torch.rand(2, 30, 160)  # (B, HW, C) of a 5 x 6 map: one window
+        out = encoder._vit_block(blk, tokens, 5, 6, fit=True)
         pos = [(i, j) for i in range(5) for j in range(6)]
         idx = blk.attn.attention_bias_idxs.view(14, 14, 14, 14)
         bias = blk.attn.attention_biases[:, torch.stack([torch.stack([idx[a, b, c, d] for c, d in pos]) for a, b in pos])]
@@ -295,6 +294,6 @@ def test_fitted_windows_attend_only_real_tokens():
         att = ((q @ k.transpose(-2, -1)) * a.scale + bias).softmax(-1)
         ref = tokens + a.proj((att @ v).transpose(1, 2).reshape(2, 30, a.dh))
         ref = blk.local_conv(ref.transpose(1, 2).reshape(2, 160, 5, 6)).flatten(2).transpose(1, 2)
-        ref = (ref + blk.mlp(ref)).transpose(1, 2).reshape(2, 160, 5, 6)
+        ref = ref + blk.mlp(ref)
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
     assert encoder._fitted(20, 14) == 10 and encoder._fitted(40, 7) == 7 and encoder._fitted(5, 14) == 5

@@ -120,6 +120,13 @@ def test_anisotropic_dsconv_factorisation_and_resolution_gate():
     assert block.resolution_gate(edges)[..., 2:-2, 2:-2].min() == 1  # E|grad| >> theta: s_l >= 2, coarse path
     y = block.psi(sum(t(flat) for t in block.terms))
     torch.testing.assert_close(block(flat), flat + y)
+    x = torch.randn(2, 16, 11, 13)  # eq. 4 as written (k x 1 then 1 x k per term) equals the one summed kernel
+    y = block.psi(sum(t(x) for t in block.terms))
+    coarse = F.interpolate(F.avg_pool2d(y, 2, 2, ceil_mode=True), size=y.shape[-2:], mode="nearest")
+    a = block.resolution_gate(x)
+    torch.testing.assert_close(block(x), x + (1 - a) * y + a * coarse, rtol=1e-5, atol=1e-5)
+    block(x).square().sum().backward()
+    assert all(t.weight.grad.abs().sum() > 0 for term in block.terms for t in term)  # every factor learns
 
 
 def test_space_broadcast_reduces_to_depthwise_conv_on_a_regular_grid():

@@ -85,14 +85,17 @@ class SpaceBroadcast(nn.Module):
         mask = torch.sigmoid(self.mask(gamma * text))  # (B, S*k*k, H, W)
         dil = (1 + (a * dmap).sum(1, keepdim=True) / self.log_delta.exp()).clamp(1, MAX_DILATION)  # (B, 1, H, W)
 
-        # Sampling positions in pixels: p + r(p) * step_{s,k} + dp_{s,k}(p)  -> (B, H, W, S*k*k, 2)
-        ys, xs = torch.arange(h, device=f.device, dtype=torch.float32), torch.arange(w, device=f.device, dtype=torch.float32)
-        base = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1)  # (H, W, 2) as (x, y)
-        pos = base[None, :, :, None] + dil.permute(0, 2, 3, 1)[..., None] * self.steps
-        pos = pos + offsets.float().view(b, -1, 2, h, w).permute(0, 3, 4, 1, 2)
-        size = torch.stack([xs.new_tensor(1.0) * w, xs.new_tensor(1.0) * h])  # traced sizes stay symbolic
-        grid = (2 * pos + 1) / size - 1  # align_corners=False normalisation
-        sk = self.steps.shape[0]
-        samples = F.grid_sample(v, grid.view(b, h, w * sk, 2).to(v.dtype), mode="bilinear", align_corners=False)
-        samples = samples.view(b, -1, h, w, sk) * mask.permute(0, 2, 3, 1).unsqueeze(1)  # (B, c_v, H, W, S*k*k)
-        return self.psi(torch.einsum("bchwk,ck->bchw", samples, self.kernel.to(samples.dtype)))
+        # Sampling positions in pixels, point-major, one plane per axis: q = p + r(p) * step_{s,k} + dp_{s,k}(p)
+        xs = torch.arange(w, device=f.device, dtype=torch.float32)  # (W,)
+        ys = torch.arange(h, device=f.device, dtype=torch.float32)[:, None]  # (H, 1)
+        off = offsets.float().view(b, -1, 2, h, w)  # (B, S*k*k, 2, H, W) as (x, y)
+        qx = xs + dil * self.steps[:, 0, None, None] + off[:, :, 0]  # (B, 1, H, W) * (S*k*k, 1, 1) -> (B, S*k*k, H, W)
+        qy = ys + dil * self.steps[:, 1, None, None] + off[:, :, 1]
+        wf, hf = xs.new_tensor(1.0) * w, xs.new_tensor(1.0) * h  # traced sizes stay symbolic
+        grid = torch.stack([(2 * qx + 1) / wf - 1, (2 * qy + 1) / hf - 1], -1)  # align_corners=False normalisation
+        cv, sk = self.kernel.shape
+        samples = F.grid_sample(v, grid.view(b, sk * h, w, 2).to(v.dtype), mode="bilinear", align_corners=False)
+        samples = samples.view(b, cv, sk, h, w) * mask.unsqueeze(1)  # (B, c_v, S*k*k, H, W), modulated (eq. 19)
+        # The depthwise kernel over the sampling points: per channel c, sum_k w_{c,k} * sample_k, a grouped 1x1 conv
+        y = F.conv2d(samples.view(b, cv * sk, h, w), self.kernel.to(samples.dtype).view(cv, sk, 1, 1), groups=cv)
+        return self.psi(y)  # (B, c2, H, W)

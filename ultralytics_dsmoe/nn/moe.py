@@ -358,7 +358,7 @@ class SparseMoE(AuxLossBlock):
         inputs, f = self.routed_units(f)  # (B, 3, c, H, W), (B, c, H, W)
         probs, idx, gates, text = self.router(f, t)
         y = self.experts(inputs, idx, *self.unit_text(t, geo) if geo else (text,))  # (B, k, c2, H, W)
-        out = torch.einsum("bk,bkohw->bohw", gates.to(f.dtype), y)
+        out = (gates.to(f.dtype)[:, None] @ y.flatten(2)).view(y.shape[0], *y.shape[2:])  # (B, c2, H, W): sum_i g_i E_i
         self.remember(self.router.cos, idx, y)
         if not torch.jit.is_tracing():
             self.last_routing = (probs.detach(), idx.detach())
