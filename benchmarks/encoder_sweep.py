@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import tempfile
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from ultralytics.cfg import get_cfg
 from ultralytics.nn.tasks import yaml_model_load
 
 from ultralytics_dsmoe.costs import build, latency_rounds, model_costs, onnx_latencies
+from ultralytics_dsmoe.util import cpu_name
 
 HERE = Path(__file__).resolve().parent / "encoder-sweep"
 RATIOS = (0.5, 0.625, 0.75, 1.0)
@@ -81,7 +81,7 @@ def run(rounds: int, step_rounds: int, imgsz: int, step_imgsz: int, batch: int) 
         results[label].update(ort=ort[label], step=steps[label], yaml=str(Path(models[label]).name),
                               **({"ratio": points[label][0], "stem": points[label][1]} if label in points else {}))
     settings = {"imgsz": imgsz, "ort_rounds": rounds, "step": f"{step_imgsz} px, batch {batch}, {step_rounds} rounds",
-                "device": f"CPU ({platform.processor() or platform.machine()}), {torch.get_num_threads()} threads",
+                "device": f"CPU ({cpu_name()}), {torch.get_num_threads()} threads",
                 "torch": torch.__version__}
     return {"settings": settings, "models": results}
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from ultralytics_dsmoe.util import cpu_name
 
 HERE = Path(__file__).resolve().parent
 WORKER = """
@@ -62,7 +63,7 @@ def main(argv=None):
                 subprocess.run([sys.executable, "-c", WORKER, model, str(res), json.dumps(kw)], check=True, env=env)
                 results.setdefault(name, {})[seed] = json.loads(res.read_text())
     settings = {"data": "synthetic-defects.yaml", "epochs": a.epochs, "imgsz": a.imgsz, "batch": a.batch,
-                "seeds": a.seeds, "device": f"CPU ({platform.machine()}, {os.cpu_count()} cores)",
+                "seeds": a.seeds, "device": f"CPU ({cpu_name()}, {os.cpu_count()} cores)",
                 "date": time.strftime("%Y-%m-%d")}
     command = " ".join(["python benchmarks/first_command.py", *(argv if argv is not None else sys.argv[1:])])
     summary = {name: {key: spread([run[key] for run in runs.values()]) for key in ("train_s", "map50", "map50_95")}

@@ -25,13 +25,15 @@ def test_save_load_round_trip_and_safe_load(tmp_path):
         loaded = YOLO(file).model.float().eval()(x)[0]
     torch.testing.assert_close(loaded, ref, rtol=1e-5, atol=1e-4)  # equal up to fp32 rounding (BN folding on load)
     torch.save({"x": x, "y": ref}, tmp_path / "io.pt")
-    assert max_diff_under_safe_load(file, tmp_path / "io.pt") < 1e-4
+    assert error_under_safe_load(file, tmp_path / "io.pt") <= 1
 
 
-def max_diff_under_safe_load(file, io_file) -> float:
-    """Load ``file`` in a fresh process with ULTRALYTICS_SAFE_LOAD=1; max |output - io['y']| on input io['x']."""
+def error_under_safe_load(file, io_file) -> float:
+    """Load ``file`` in a fresh process with ULTRALYTICS_SAFE_LOAD=1 and run it on io['x']: the largest error against
+    io['y'] in units of assert_close's tolerance, |output - y| / (1e-4 + 1e-5 |y|) (boxes are in pixels)."""
     code = (f"import torch; from ultralytics import YOLO; m = YOLO({str(file)!r}).model.float().eval(); "
-            f"io = torch.load({str(io_file)!r}); print('max diff', (m(io['x'])[0] - io['y']).abs().max().item())")
+            f"io = torch.load({str(io_file)!r}); "
+            "print('error', ((m(io['x'])[0] - io['y']).abs() / (1e-4 + 1e-5 * io['y'].abs())).max().item())")
     r = run_python(code, REPO, {**os.environ, "ULTRALYTICS_SAFE_LOAD": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     return float(r.stdout.strip().splitlines()[-1].split()[-1])
@@ -88,7 +90,7 @@ def test_checkpoint_from_plugin_0_1_0_loads_and_computes_the_same(tmp_path):
     assert [r[2] for r in model.yaml["backbone"]].count("CBAM") == 2  # the yaml keeps the old name ...
     rebuilt = DetectionModel(model.yaml, nc=3, verbose=False)  # ... and still builds the same blocks
     assert [type(m) for m in rebuilt.model] == [type(m) for m in model.model]
-    assert max_diff_under_safe_load(file, FIXTURES / "dsmoe-0.1.0-tiny-io.pt") < 1e-4
+    assert error_under_safe_load(file, FIXTURES / "dsmoe-0.1.0-tiny-io.pt") <= 1
 
 
 @pytest.mark.parametrize("payload", ["download", "read a file", "huge buffer"])

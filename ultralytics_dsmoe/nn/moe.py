@@ -404,7 +404,8 @@ class SparseMoE(AuxLossBlock):
             per_class = w_t @ text.transpose(1, 2).unsqueeze(1).to(w_t.dtype)  # (B, k, c2, nc)
             pixel = (per_class @ assign.flatten(2).unsqueeze(1).to(w_t.dtype)).view(y.shape)  # (B, k, c2, H, W)
             y = y + pick(self.bias).to(dtype)[..., None, None] + cross[..., None, None] * pixel.to(dtype)
-        normed = (y - y.mean(2, keepdim=True)) / (y.var(2, keepdim=True, unbiased=False) + 1e-5).sqrt()
+        centred = y - y.mean(2, keepdim=True)
+        normed = centred / (centred.square().mean(2, keepdim=True) + 1e-5).sqrt()
         normed = normed * pick(self.ln_weight).to(dtype)[..., None, None] + pick(self.ln_bias).to(dtype)[..., None, None]
         cross = cross[..., None, None]
         return cross * normed + (1 - cross) * y  # LayerNorm for cross-modal experts only (eq. 24)
