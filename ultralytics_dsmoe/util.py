@@ -35,8 +35,8 @@ def cpu_name() -> str:
     'AMD EPYC, family 23 model 49, AVX2'; else what ``platform`` knows (often only 'x86_64').
 
     Latency ratios differ between CPUs, and a virtual machine's model name can be as generic as 'AMD EPYC' while the
-    host under it changes: dsmoe-n against yolov8s in ONNX Runtime was 1.07x on an EPYC with AVX-512 and 1.17x on
-    one without (family 23, Zen 2)."""
+    host under it changes: dsmoe-n against yolov8s in ONNX Runtime was 1.04-1.07x on an EPYC with AVX-512 and
+    1.07-1.17x on one without (family 23, a Zen 2), both reading 'AMD EPYC'."""
     import platform
 
     try:
