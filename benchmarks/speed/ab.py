@@ -7,8 +7,9 @@ out into a temporary worktree; each version runs in its own processes (PYTHONPAT
 from the same seed and exports it with Ultralytics' exporter (640 px, batch 1, random weights). Then:
 - outputs: both ONNX files on one random image, max |before - after| against the largest output;
 - ONNX Runtime: the two files and the reference (yolov8s) interleaved in each round, 2 threads, spinning off;
-- training step: forward + backward of the model's loss on a fixed random batch (1 torch thread, as the Ultralytics
-  trainer sets on 2 cores); one process per version and round, alternating, each reporting its median step.
+- training step: ``encoder_sweep.train_step`` (forward + backward of the model's loss on a fixed random batch; 1 torch
+  thread, as the Ultralytics trainer sets on 2 cores); one process per version and round, alternating, each reporting
+  its median step.
 Writes results.json and results.md to --out.
 """
 
@@ -34,26 +35,14 @@ torch.manual_seed(0)
 Path(YOLO(sys.argv[1]).export(format="onnx", imgsz=640, simplify=False, device="cpu")).replace(sys.argv[2])
 """
 STEP = """
-import json, statistics, sys, time, torch
-from ultralytics.cfg import get_cfg
-from ultralytics_dsmoe.costs import build
+import json, sys, torch
+sys.path.insert(0, sys.argv[5])  # the current tree's benchmarks/: encoder_sweep's training step, for either version
+from encoder_sweep import train_step
+from ultralytics_dsmoe.costs import latency_rounds
 torch.set_num_threads(1)
 torch.manual_seed(0)
-cfg, imgsz, batch, reps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-model = build(cfg).train()
-model.args = get_cfg()
-g = torch.Generator().manual_seed(0)
-n = 3 * batch
-xy, wh = torch.rand(n, 2, generator=g) * 0.6 + 0.2, torch.rand(n, 2, generator=g) * 0.3 + 0.05
-data = {"img": torch.rand(batch, 3, imgsz, imgsz, generator=g), "cls": torch.randint(0, 4, (n, 1), generator=g).float(),
-        "bboxes": torch.cat([xy, wh], 1), "batch_idx": torch.arange(batch).repeat_interleave(3).float()}
-times = []
-for i in range(reps + 1):
-    t = time.perf_counter()
-    model.zero_grad(set_to_none=True)
-    model.loss(data)[0].sum().backward()
-    times.append((time.perf_counter() - t) * 1e3)
-print(json.dumps(statistics.median(times[1:])))
+step = train_step(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
+print(json.dumps(latency_rounds({"step": step}, int(sys.argv[4]), warmup=1)["step"]["median"]))
 """
 
 
@@ -72,6 +61,7 @@ def compare(before: str, cfg: str, reference: str, rounds: int, step_rounds: int
 
     from ultralytics_dsmoe.costs import latency_rounds, ort_session
 
+    ref = Path(reference).stem
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         old = tmp / "before"
@@ -83,7 +73,6 @@ def compare(before: str, cfg: str, reference: str, rounds: int, step_rounds: int
                 python(EXPORT, tree, tmp, cfg, files[k])
             python(EXPORT, REPO, tmp, reference, tmp / "reference.onnx")
             x = np.random.default_rng(0).random((1, 3, 640, 640), dtype=np.float32)
-            ref = Path(reference).stem
             sessions = {k: ort_session(str(f), 2) for k, f in {**files, ref: tmp / "reference.onnx"}.items()}
             feeds = {k: {s.get_inputs()[0].name: x} for k, s in sessions.items()}
             y = {k: sessions[k].run(None, feeds[k])[0] for k in trees}
@@ -93,12 +82,13 @@ def compare(before: str, cfg: str, reference: str, rounds: int, step_rounds: int
             steps = {k: [] for k in trees}
             for _ in range(step_rounds):
                 for k, tree in trees.items():
-                    steps[k].append(json.loads(python(STEP, tree, tmp, cfg, imgsz, batch, reps).splitlines()[-1]))
+                    out = python(STEP, tree, tmp, cfg, imgsz, batch, reps, REPO / "benchmarks")
+                    steps[k].append(json.loads(out.splitlines()[-1]))
         finally:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(old)], check=False)
     rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     settings = {"cfg": cfg, "before": before, "after": rev.stdout.strip() + " (working tree)",
-                "reference": Path(reference).stem, "device": f"CPU ({cpu_name()}, {os.cpu_count()} cores)",
+                "reference": ref, "device": f"CPU ({cpu_name()}, {os.cpu_count()} cores)",
                 "ort": f"640 px, batch 1, 2 threads, {rounds} rounds",
                 "step": f"{imgsz} px, batch {batch}, 1 thread, median of {reps} steps per process, {step_rounds} "
                         "processes per version"}
