@@ -80,11 +80,12 @@ def blocks(model: DetectionModel, cls: type) -> list:
     return [m for m in model.modules() if isinstance(m, cls)]
 
 
-def test_column_f_is_the_full_model():
-    link = CFG / "dsmoe-ablation-f.yaml"
+def test_column_e_is_the_default_model():
+    link = CFG / "dsmoe-ablation-e.yaml"
     assert link.is_symlink() and os.readlink(link) == "dsmoe.yaml"  # relative: cannot drift from dsmoe.yaml
     assert link.read_bytes() == (CFG / "dsmoe.yaml").read_bytes()
-    assert yaml_model_load("dsmoe-ablation-f.yaml")["loss"] == "qfocal"
+    assert yaml_model_load("dsmoe-ablation-e.yaml")["loss"] == "default"  # BCE: the measured best from scratch
+    assert yaml_model_load("dsmoe-ablation-f.yaml")["loss"] == "qfocal"  # the paper's full model
 
 
 def test_each_column_changes_only_its_component():
@@ -99,9 +100,9 @@ def test_each_column_changes_only_its_component():
     assert rows("dsmoe-ablation-c")[9][3][-1] == "euclidean" and rows("dsmoe-ablation-d")[9][3][-1] == "poincare"
     assert changed_rows("dsmoe-ablation-d", "dsmoe-ablation-e") == [11]  # dense Conv -> SparseMoE
     assert rows("dsmoe-ablation-d")[11][2] == "Conv" and rows("dsmoe-ablation-e")[11][2] == "SparseMoE"
-    assert changed_rows("dsmoe-ablation-e", "dsmoe") == []  # same architecture as F ...
-    e = yaml_model_load("dsmoe-ablation-e.yaml")
-    assert {k for k in full.keys() | e.keys() if full.get(k) != e.get(k)} == {"loss", "yaml_file"}  # ... loss only
+    assert changed_rows("dsmoe-ablation-f", "dsmoe") == []  # F: the same architecture as E (dsmoe.yaml) ...
+    f = yaml_model_load("dsmoe-ablation-f.yaml")
+    assert {k for k in full.keys() | f.keys() if full.get(k) != f.get(k)} == {"loss", "yaml_file"}  # ... loss only
     for stem in CONFIGS:  # every variant keeps dsmoe.yaml's scales and gains
         d = yaml_model_load(f"{stem}.yaml")
         keys = ("scales", "qfl_alpha", "qfl_beta", "qfl_gain", "moe_balance", "moe_zloss", "align_gain", "ground_gain")
@@ -151,7 +152,7 @@ def test_p2_variant_detects_at_stride_4(build):
     assert [m.i for m in model.model if m.f == 0] == [1, 4, 18]  # P3, P4 and P2 taps of the encoder
     assert detect.f == [29, 32, 35, 38] and model.model[29].f == -1 and model.model[28].f == [-1, 20]  # P2 fusion
     assert [cv[0].conv.in_channels for cv in detect.cv2] == [32, 64, 128, 256]  # C2f [128, 256, 512, 1024] x 0.25
-    assert blocks(model, SparseMoE) and model.yaml["loss"] == "qfocal"  # otherwise the full model
+    assert blocks(model, SparseMoE) and model.yaml["loss"] == "default"  # otherwise dsmoe.yaml
     y, raw = eval_forward(model, torch.rand(1, 3, 64, 64))
     assert y.shape == (1, 4 + NC, 16 * 16 + 8 * 8 + 4 * 4 + 2 * 2)
     assert [tuple(f.shape[-2:]) for f in raw["feats"]] == [(16, 16), (8, 8), (4, 4), (2, 2)]

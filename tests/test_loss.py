@@ -43,7 +43,7 @@ def _model(cfg="dsmoe-n.yaml", **yaml_overrides):
 
 
 def test_yaml_selects_loss_for_train_and_ema_validation():
-    model = _model(qfl_gain=3.0, qfl_alpha=0.3)
+    model = _model(loss="qfocal", qfl_gain=3.0, qfl_alpha=0.3)
     criterion = model.init_criterion()
     assert isinstance(criterion, AuxLosses) and isinstance(criterion.criterion, QualityFocalDetectionLoss)
     assert criterion.qfl_gain == 3.0 and criterion.qfl.alpha == 0.3  # attributes reach the wrapped criterion
@@ -55,14 +55,15 @@ def test_yaml_selects_loss_for_train_and_ema_validation():
 
 def test_stock_and_default_models_keep_bce():
     assert type(_model("yolov8n.yaml").init_criterion()) is v8DetectionLoss
-    assert type(_model(loss="default").init_criterion().criterion) is v8DetectionLoss
+    assert type(_model().init_criterion().criterion) is v8DetectionLoss  # dsmoe.yaml's default: BCE (+ aux terms)
+    assert type(_model("dsmoe-ablation-f-n.yaml").init_criterion().criterion) is QualityFocalDetectionLoss
     with pytest.raises(ValueError, match="Unknown 'loss: focal'"):
         _model(loss="focal").init_criterion()
 
 
 def test_qfocal_loss_trains_the_head():
     torch.manual_seed(0)
-    model = _model()
+    model = _model(loss="qfocal")
     batch = two_box_batch()
     loss, items = model.loss(batch)
     assert set(items) == {"box_loss", "cls_loss", "dfl_loss", "moe_loss", "align_loss"}
