@@ -44,7 +44,7 @@ json.dump({"train_s": clock["end"] - clock["start"], "epochs": len(rows), "map50
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["yolov8n.yaml", "dsmoe-n.yaml"])
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=24)
     p.add_argument("--imgsz", type=int, default=160)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
